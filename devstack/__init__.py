@@ -1,0 +1,1 @@
+"""Local development helpers: start throwaway services and run the whole stack with one command."""

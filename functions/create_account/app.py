@@ -1,0 +1,22 @@
+"""POST /accounts {"id": ...} -> 201 with the new account."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared import api, runtime, validation
+from shared.account import OpenAccount
+from shared.http import ApiRequest, ProxyResponse, json_response, serve
+from shared.representations import command_headers, created_body
+
+
+def create_account(request: ApiRequest) -> ProxyResponse:
+    (raw_id,) = api.body_fields(request, "id")
+    account_id = validation.account_id(raw_id)
+    result = runtime.service().execute(account_id, OpenAccount(), api.command_context(request))
+    headers = {**command_headers(result), "Location": f"/accounts/{account_id}"}
+    return json_response(201, created_body(result), headers)
+
+
+def lambda_handler(event: dict[str, Any], context: object) -> ProxyResponse:
+    return serve(event, create_account)

@@ -1,0 +1,27 @@
+"""The route table of the HTTP gateway. ``tests/unit/test_template_routes.py`` pins it to template.yaml,
+so the gateway and API Gateway can never disagree about which handler serves which path."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    path: str  # API Gateway syntax: /accounts/{id}
+    function: str  # the function's logical id in template.yaml
+    module: str  # the handler module; its lambda_handler serves the route
+
+    @property
+    def flask_rule(self) -> str:
+        return self.path.replace("{", "<").replace("}", ">")
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("POST", "/accounts", "CreateAccountFunction", "functions.create_account.app"),
+    Route("GET", "/accounts/{id}", "GetAccountFunction", "functions.get_account.app"),
+    Route("POST", "/accounts/{id}/deposits", "DepositFunction", "functions.deposit.app"),
+    Route("POST", "/accounts/{id}/withdrawals", "WithdrawFunction", "functions.withdraw.app"),
+    Route("GET", "/accounts/{id}/events", "ListEventsFunction", "functions.list_events.app"),
+)

@@ -1,0 +1,142 @@
+"""The service's named errors. Each carries a stable machine ``code``; HTTP statuses live in ``http.py``.
+
+The hierarchy follows who is at fault: the request (``RequestError``), the business rules
+(``DomainError``), a concurrent writer (``ConcurrencyError``) or our own infrastructure.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class LedgerError(Exception):
+    """Base of every error the service raises on purpose."""
+
+    code: ClassVar[str] = "internal-error"
+    title: ClassVar[str] = "Internal error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class RequestError(LedgerError):
+    code = "invalid-request"
+    title = "Invalid request"
+
+
+class MalformedJson(RequestError):
+    code = "malformed-json"
+    title = "Request body is not valid JSON"
+
+
+class InvalidBody(RequestError):
+    code = "invalid-body"
+    title = "Request body has the wrong shape"
+
+
+class MissingField(RequestError):
+    code = "missing-field"
+    title = "A required field is missing"
+
+
+class InvalidField(RequestError):
+    code = "invalid-field"
+    title = "A field has an invalid value"
+
+
+class InvalidAccountId(RequestError):
+    code = "invalid-account-id"
+    title = "Invalid account id"
+
+
+class InvalidAmount(RequestError):
+    code = "invalid-amount"
+    title = "Invalid amount"
+
+
+class InvalidHeader(RequestError):
+    code = "invalid-header"
+    title = "A request header has an invalid value"
+
+
+class InvalidQuery(RequestError):
+    code = "invalid-query"
+    title = "A query parameter has an invalid value"
+
+
+class PayloadTooLarge(RequestError):
+    code = "payload-too-large"
+    title = "Request body too large"
+
+
+class UnsupportedMediaType(RequestError):
+    code = "unsupported-media-type"
+    title = "Unsupported content type"
+
+
+class RouteNotFound(RequestError):
+    code = "route-not-found"
+    title = "No such route"
+
+
+class MethodNotAllowed(RequestError):
+    code = "method-not-allowed"
+    title = "Method not allowed on this route"
+
+
+class DomainError(LedgerError):
+    code = "domain-error"
+    title = "Business rule violated"
+
+
+class AccountNotFound(DomainError):
+    code = "account-not-found"
+    title = "Account not found"
+
+
+class AccountAlreadyExists(DomainError):
+    code = "account-already-exists"
+    title = "Account already exists"
+
+
+class InsufficientFunds(DomainError):
+    code = "insufficient-funds"
+    title = "Insufficient funds"
+
+
+class BalanceLimitExceeded(DomainError):
+    code = "balance-limit-exceeded"
+    title = "Balance limit exceeded"
+
+
+class IdempotencyKeyReused(LedgerError):
+    code = "idempotency-key-reused"
+    title = "Idempotency key reused with a different request"
+
+
+class ConcurrencyError(LedgerError):
+    code = "concurrency-error"
+    title = "Concurrent modification"
+
+
+class VersionConflict(ConcurrencyError):
+    code = "version-conflict"
+    title = "Too many concurrent writers"
+
+
+class PreconditionFailed(ConcurrencyError):
+    code = "precondition-failed"
+    title = "If-Match precondition failed"
+
+
+class StoreUnavailable(LedgerError):
+    code = "store-unavailable"
+    title = "Event store unavailable"
+
+
+class CorruptHistory(LedgerError):
+    """The stored events cannot be folded: our bug or tampering, never the client's."""
+
+    code = "corrupt-history"
+    title = "Stored history cannot be read"

@@ -1,0 +1,226 @@
+"""The event store: the only module that talks to Redis for the write side.
+
+``EventStore`` is the port the service depends on; ``RedisEventStore`` implements it on Redis Streams
+(real Redis, Redis Cluster and fakeredis alike). One Lua script performs every append atomically: it
+checks the idempotency record and the expected version *before* its first write (Redis does not roll
+back a script that fails half-way), then writes the account stream, the partition log, the version
+record and the idempotency record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Protocol
+
+import orjson
+import redis
+from redis.backoff import EqualJitterBackoff
+from redis.exceptions import BusyLoadingError, ReadOnlyError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from shared.config import Settings
+from shared.errors import CorruptHistory, StoreUnavailable
+from shared.events import NewEvent, RecordedEvent
+from shared.keys import KeySpace
+
+#: Errors that mean "Redis cannot answer now" (down, failing over, loading), as opposed to our bugs.
+UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    BusyLoadingError,
+    ReadOnlyError,
+)
+try:  # cluster-only failures; the names exist in every redis-py we support, but stay defensive
+    from redis.exceptions import ClusterDownError, TryAgainError
+
+    UNAVAILABLE_ERRORS += (ClusterDownError, TryAgainError)
+except ImportError:  # pragma: no cover
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyRecord:
+    """What a first request with an idempotency key produced, as the service serialised it."""
+
+    fingerprint: str
+    result: str
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """An idempotency key to record atomically with the events it produced."""
+
+    key: str
+    record: IdempotencyRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    events: list[RecordedEvent]
+    idempotency: IdempotencyRecord | None = None
+
+    @property
+    def version(self) -> int:
+        return self.events[-1].version if self.events else 0
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    current_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    record: IdempotencyRecord
+
+
+AppendOutcome = Appended | Conflict | Duplicate
+
+
+class EventStore(Protocol):
+    """The write side's persistence port. Every implementation passes ``tests/contract``."""
+
+    def load(self, account_id: str, idempotency_key: str | None = None) -> Loaded:
+        """The account's whole history (and the idempotency record for ``idempotency_key``, if any)."""
+        ...
+
+    def read(self, account_id: str, after_version: int = 0, limit: int | None = None) -> list[RecordedEvent]:
+        """Events with version > ``after_version``, oldest first, at most ``limit`` of them."""
+        ...
+
+    def append(self, account_id: str, expected_version: int, events: Sequence[NewEvent],
+               claim: Claim | None = None) -> AppendOutcome:
+        """Append ``events`` as versions ``expected_version + 1 ...`` if, and only if, the account is at
+        ``expected_version`` and ``claim``'s key is unused. Nothing is written otherwise."""
+        ...
+
+
+def connect(settings: Settings) -> redis.Redis:
+    """A client with a connection pool; create one per process and reuse it for every request."""
+    options: dict[str, Any] = {
+        "socket_timeout": settings.redis_timeout_seconds,
+        "socket_connect_timeout": settings.redis_timeout_seconds,
+        # One quick retry hides a dropped idle connection; more would turn an outage into a hang.
+        "retry": Retry(EqualJitterBackoff(cap=0.1, base=0.01), retries=1),
+        "health_check_interval": 30,
+    }
+    if settings.redis_cluster:
+        del options["health_check_interval"]
+        cluster: redis.Redis = redis.RedisCluster.from_url(settings.redis_url, **options)  # type: ignore[assignment]
+        return cluster
+    return redis.Redis.from_url(settings.redis_url, **options)
+
+
+@contextmanager
+def translate_unavailable() -> Iterator[None]:
+    """Turn "Redis cannot answer" into the service's ``StoreUnavailable`` (a 503, never a 500)."""
+    try:
+        yield
+    except UNAVAILABLE_ERRORS as exc:
+        raise StoreUnavailable(f"Redis is unavailable: {type(exc).__name__}") from exc
+
+
+_APPEND_SCRIPT = resources.files("shared").joinpath("append.lua").read_text()
+_NEW_EVENT_FIELD_COUNT = 14  # seven field/value pairs per event, see _event_fields
+
+
+class RedisEventStore:
+    def __init__(self, client: redis.Redis, keys: KeySpace, idempotency_ttl_seconds: int) -> None:
+        self._redis = client
+        self._keys = keys
+        self._ttl = idempotency_ttl_seconds
+        self._append = client.register_script(_APPEND_SCRIPT)
+
+    @property
+    def keys(self) -> KeySpace:
+        return self._keys
+
+    def load(self, account_id: str, idempotency_key: str | None = None) -> Loaded:
+        stream = self._keys.stream(account_id)
+        with translate_unavailable():
+            if idempotency_key is None:
+                return Loaded(decode_entries(self._redis.xrange(stream)))
+            # Both reads in one round trip: checking the key must not cost the request a second one.
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.xrange(stream)
+            pipe.hmget(self._keys.idempotency(account_id, idempotency_key), "fingerprint", "result")
+            entries, (fingerprint, result) = pipe.execute()
+        record = None if fingerprint is None else IdempotencyRecord(fingerprint.decode(), result.decode())
+        return Loaded(decode_entries(entries), record)
+
+    def read(self, account_id: str, after_version: int = 0, limit: int | None = None) -> list[RecordedEvent]:
+        with translate_unavailable():
+            entries = self._redis.xrange(self._keys.stream(account_id), f"{after_version + 1}-0", "+",
+                                         count=limit)
+        return decode_entries(entries)
+
+    def append(self, account_id: str, expected_version: int, events: Sequence[NewEvent],
+               claim: Claim | None = None) -> AppendOutcome:
+        if not events:
+            raise ValueError("append needs at least one event")
+        keys = [self._keys.stream(account_id), self._keys.version(account_id),
+                self._keys.partition_log(self._keys.partition_of(account_id))]
+        args: list[bytes | str | int] = [expected_version, len(events)]
+        if claim is None:
+            args += ["", "", 0]
+        else:
+            keys.append(self._keys.idempotency(account_id, claim.key))
+            args += [claim.record.fingerprint, claim.record.result, self._ttl]
+        for event in events:
+            args += _event_fields(event)
+        with translate_unavailable():
+            reply = self._append(keys=keys, args=args)
+        status = reply[0]
+        if status == b"ok":
+            return Appended(int(reply[1]))
+        if status == b"conflict":
+            return Conflict(int(reply[1]))
+        if status == b"duplicate":
+            return Duplicate(IdempotencyRecord(reply[1].decode(), reply[2].decode()))
+        raise RuntimeError(f"unexpected reply from the append script: {reply!r}")
+
+
+def _event_fields(event: NewEvent) -> list[bytes | str | int]:
+    # Field order is what `redis-cli XRANGE` shows; the script puts "version" first.
+    return [
+        _NEW_EVENT_FIELD_COUNT,
+        "type", event.type,
+        "account_id", event.account_id,
+        "event_id", event.event_id,
+        "time", event.recorded_at,
+        "schema", event.schema,
+        "data", orjson.dumps(event.data),
+        "meta", event.metadata.to_json(),
+    ]
+
+
+def decode_entries(entries: Any) -> list[RecordedEvent]:
+    """Decode an XRANGE/XREADGROUP reply: a list of (entry id, {field: value}) with bytes values."""
+    return [decode_fields(fields) for _, fields in entries]
+
+
+def decode_fields(fields: dict[bytes, bytes]) -> RecordedEvent:
+    """Decode one stream entry (from an account stream or a partition log) into an event."""
+    try:
+        return RecordedEvent(
+            account_id=fields[b"account_id"].decode(),
+            version=int(fields[b"version"]),
+            type=fields[b"type"].decode(),
+            data=orjson.loads(fields[b"data"]),
+            event_id=fields[b"event_id"].decode(),
+            recorded_at=fields[b"time"].decode(),
+            schema=int(fields[b"schema"]),
+            metadata_json=fields[b"meta"].decode(),
+        )
+    except (KeyError, ValueError, orjson.JSONDecodeError) as exc:
+        raise CorruptHistory(f"unreadable stream entry: {type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,62 @@
+"""Event envelopes: what the domain decides (``NewEvent``) and what the store gives back (``RecordedEvent``).
+
+Pure data, no I/O. The field names here are the field names stored in each Redis stream entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+#: Bumped when the shape of an event's ``data`` changes, so readers can upcast old entries.
+SCHEMA_VERSION = 1
+
+EventData = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Metadata:
+    correlation_id: str
+    causation_id: str
+    idempotency_key: str | None = None
+
+    def to_json(self) -> bytes:
+        body: dict[str, str] = {"correlation_id": self.correlation_id, "causation_id": self.causation_id}
+        if self.idempotency_key is not None:
+            body["idempotency_key"] = self.idempotency_key
+        return orjson.dumps(body)
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event decided but not yet stored; the store assigns its version."""
+
+    type: str
+    account_id: str
+    data: EventData
+    event_id: str
+    recorded_at: str
+    metadata: Metadata
+    schema: int = SCHEMA_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedEvent:
+    """An event as stored in an account stream."""
+
+    account_id: str
+    version: int
+    type: str
+    data: EventData
+    event_id: str
+    recorded_at: str
+    schema: int
+    #: Kept as the stored JSON text: only the events endpoint reads it, so rebuilds skip decoding it.
+    metadata_json: str = field(default="{}", repr=False)
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        decoded: dict[str, str] = orjson.loads(self.metadata_json)
+        return decoded

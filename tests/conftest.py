@@ -1,0 +1,96 @@
+"""Test session wiring: a real Redis server over TCP for every test marked ``redis``.
+
+Which server: ``TEST_REDIS_URL`` if set (it must answer); otherwise the local default
+``redis://127.0.0.1:6379`` (database 15) if it answers; otherwise a throwaway ``redis-server`` started on a
+free port for this session. If none can be had, Redis tests are skipped with the reason, except when
+``CI=true``, where they fail: CI must never pass by silently skipping them.
+
+Every test gets its own key prefix and its keys are deleted afterwards, so the suite can share a server.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from devstack.redis_server import RedisProcess, answers
+from shared import runtime
+from shared.keys import KeySpace
+
+LOCAL_DEFAULT_URL = "redis://127.0.0.1:6379/15"
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    explicit = os.environ.get("TEST_REDIS_URL")
+    if explicit:
+        if not answers(explicit):
+            pytest.fail(f"TEST_REDIS_URL={explicit} does not answer PING")
+        yield explicit
+        return
+    if answers(LOCAL_DEFAULT_URL):
+        yield LOCAL_DEFAULT_URL
+        return
+    try:
+        server = RedisProcess().start()
+    except (FileNotFoundError, RuntimeError) as exc:
+        if _in_ci():
+            pytest.fail(f"CI=true and no Redis server could be had: {exc}")
+        pytest.skip(f"no Redis server: {exc}")
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def redis_client(redis_url: str, key_prefix: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        keys = list(client.scan_iter(match=f"{key_prefix}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+@pytest.fixture
+def keyspace(key_prefix: str) -> KeySpace:
+    return KeySpace(key_prefix, 8)
+
+
+@pytest.fixture
+def live_env(monkeypatch: pytest.MonkeyPatch, redis_client: redis.Redis, redis_url: str,
+             key_prefix: str) -> Iterator[KeySpace]:
+    """Point the handlers' per-process wiring at the test Redis and this test's key prefix."""
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("LEDGER_KEY_PREFIX", key_prefix)
+    monkeypatch.setenv("LEDGER_PARTITIONS", "8")
+    monkeypatch.setenv("LOG_LEVEL", "WARNING")
+    runtime.reset()
+    try:
+        yield KeySpace(key_prefix, 8)
+    finally:
+        runtime.reset()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Anything that asks for a real server is a Redis test, whether or not its author marked it.
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        if "redis_url" in fixtures and item.get_closest_marker("redis") is None:
+            item.add_marker(pytest.mark.redis)
