@@ -4,12 +4,23 @@ contract tests), for fast unit tests of the service."""
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Sequence
 
 import orjson
 
 from shared.event_store import Appended, AppendOutcome, Claim, Conflict, Duplicate, IdempotencyRecord, Loaded
-from shared.events import NewEvent, RecordedEvent
+from shared.events import Metadata, NewEvent, RecordedEvent
+
+
+def new_event(account_id: str, event_type: str = "FundsDeposited", amount: int = 100) -> NewEvent:
+    """A well-formed event for store-level tests."""
+    return NewEvent(
+        type=event_type, account_id=account_id,
+        data={} if event_type == "AccountOpened" else {"amount_minor": amount},
+        event_id=str(uuid.uuid4()), recorded_at="2026-11-28T12:00:00.000000Z",
+        metadata=Metadata(correlation_id="corr-1", causation_id="req-1", idempotency_key=None),
+    )
 
 
 class InMemoryEventStore:

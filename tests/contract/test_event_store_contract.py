@@ -7,7 +7,6 @@ fakeredis, and a real Redis server over TCP.
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Iterator
 
 import fakeredis
@@ -26,16 +25,7 @@ from shared.event_store import (
 )
 from shared.events import Metadata, NewEvent, RecordedEvent
 from shared.keys import KeySpace
-from tests.fakes import InMemoryEventStore
-
-
-def new_event(account_id: str, event_type: str = "FundsDeposited", amount: int = 100) -> NewEvent:
-    return NewEvent(
-        type=event_type, account_id=account_id,
-        data={} if event_type == "AccountOpened" else {"amount_minor": amount},
-        event_id=str(uuid.uuid4()), recorded_at="2026-11-28T12:00:00.000000Z",
-        metadata=Metadata(correlation_id="corr-1", causation_id="req-1", idempotency_key=None),
-    )
+from tests.fakes import InMemoryEventStore, new_event
 
 
 def claim(key: str, fingerprint: str = "fp-1", result: str = '{"r":1}') -> Claim:

@@ -1,0 +1,110 @@
+"""A client retry with the same Idempotency-Key never moves money twice, sequentially or concurrently."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from tests.apigw import body_of, call
+
+pytestmark = pytest.mark.usefixtures("live_env")
+
+
+def _funded(account_id: str, amount: str) -> None:
+    assert call("create_account", account_id)["statusCode"] == 201
+    assert call("deposit", account_id, {"amount": amount})["statusCode"] == 200
+
+
+def _concurrently(count: int, request: Any) -> list[dict[str, Any]]:
+    barrier = threading.Barrier(count)
+    responses: list[dict[str, Any]] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        barrier.wait()
+        response = request()
+        with lock:
+            responses.append(response)
+
+    threads = [threading.Thread(target=worker) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return responses
+
+
+def test_sequential_retries_replay_the_first_answer() -> None:
+    _funded("acc", "100.00")
+    key = {"Idempotency-Key": "retry-1"}
+    first = call("withdraw", "acc", {"amount": "100.00"}, headers=key)
+    assert first["statusCode"] == 200
+    for _ in range(3):
+        again = call("withdraw", "acc", {"amount": "100.00"}, headers=key)
+        # Re-deciding would say "insufficient funds"; the key makes it replay the original answer.
+        assert again["statusCode"] == 200
+        assert again["body"] == first["body"]
+        assert again["headers"]["ETag"] == first["headers"]["ETag"]
+        assert again["headers"]["Idempotent-Replayed"] == "true"
+    assert body_of(call("get_account", "acc"))["version"] == 3
+
+
+def test_equivalent_bodies_count_as_the_same_request() -> None:
+    _funded("acc", "10.00")
+    key = {"Idempotency-Key": "same-amount"}
+    first = call("deposit", "acc", {"amount": 5}, headers=key)
+    again = call("deposit", "acc", raw_body='{ "amount" : "5.00" }', headers=key)
+    assert again["body"] == first["body"]
+    assert body_of(call("get_account", "acc"))["funds"] == "15.00"
+
+
+def test_same_key_with_another_body_is_refused() -> None:
+    _funded("acc", "10.00")
+    key = {"Idempotency-Key": "k-1"}
+    assert call("deposit", "acc", {"amount": 5}, headers=key)["statusCode"] == 200
+    for name, body in (("deposit", {"amount": 6}), ("withdraw", {"amount": 5})):
+        reused = call(name, "acc", body, headers=key)
+        assert reused["statusCode"] == 422
+        assert body_of(reused)["code"] == "idempotency-key-reused"
+    assert body_of(call("get_account", "acc"))["funds"] == "15.00"
+
+
+def test_keys_are_scoped_per_account() -> None:
+    _funded("a1", "1.00")
+    _funded("a2", "1.00")
+    key = {"Idempotency-Key": "shared-key"}
+    assert body_of(call("deposit", "a1", {"amount": 1}, headers=key))["funds"] == "2.00"
+    assert body_of(call("deposit", "a2", {"amount": 1}, headers=key))["funds"] == "2.00"
+
+
+def test_create_is_idempotent_too() -> None:
+    key = {"Idempotency-Key": "create-1"}
+    first = call("create_account", "acc", headers=key)
+    again = call("create_account", "acc", headers=key)
+    assert (first["statusCode"], again["statusCode"]) == (201, 201)
+    assert again["headers"]["Location"] == "/accounts/acc"
+    assert again["body"] == first["body"]
+    assert call("create_account", "acc")["statusCode"] == 409  # without the key it is a new request
+
+
+@pytest.mark.parametrize(("route", "amount"), [("deposit", "7.25"), ("withdraw", "50.00")])
+def test_concurrent_retries_move_money_once(route: str, amount: str) -> None:
+    _funded("acc", "50.00")
+    responses = _concurrently(
+        16, lambda: call(route, "acc", {"amount": amount}, headers={"Idempotency-Key": "burst"}))
+    assert {r["statusCode"] for r in responses} == {200}
+    assert len({r["body"] for r in responses}) == 1
+    account = body_of(call("get_account", "acc"))
+    assert account["version"] == 3
+    assert account["funds"] == ("57.25" if route == "deposit" else "0.00")
+
+
+def test_failed_requests_are_not_recorded() -> None:
+    _funded("acc", "1.00")
+    key = {"Idempotency-Key": "try-again"}
+    assert call("withdraw", "acc", {"amount": "2.00"}, headers=key)["statusCode"] == 422
+    call("deposit", "acc", {"amount": "1.00"})
+    # Nothing was written the first time, so the retry is decided afresh and now succeeds.
+    assert body_of(call("withdraw", "acc", {"amount": "2.00"}, headers=key))["funds"] == "0.00"

@@ -1,0 +1,155 @@
+"""The service's load -> decide -> append loop, on the in-memory store (no I/O)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from shared import account
+from shared.account import Deposit, OpenAccount, Withdraw
+from shared.errors import AccountNotFound, IdempotencyKeyReused, InsufficientFunds, PreconditionFailed, VersionConflict
+from shared.event_store import AppendOutcome, Claim, Conflict
+from shared.events import NewEvent
+from shared.service import AccountService, CommandContext
+from tests.fakes import InMemoryEventStore, new_event
+
+
+def ctx(key: str | None = None, if_match: tuple[int, ...] | None = None) -> CommandContext:
+    return CommandContext(request_id="req", idempotency_key=key, if_match=if_match)
+
+
+def make_service(store: InMemoryEventStore, attempts: int = 5) -> AccountService:
+    return AccountService(store, max_attempts=attempts, sleep=lambda _: None)
+
+
+@pytest.fixture
+def store() -> InMemoryEventStore:
+    return InMemoryEventStore()
+
+
+def funded(store: InMemoryEventStore, amount: int) -> AccountService:
+    service = make_service(store)
+    service.execute("acc", OpenAccount(), ctx())
+    service.execute("acc", Deposit(amount), ctx())
+    return service
+
+
+class Interleaving(InMemoryEventStore):
+    """Lets a concurrent writer's command land just before our append, as a race would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.intruders: list[Deposit | Withdraw] = []
+
+    def append(self, account_id: str, expected_version: int, events: Sequence[NewEvent],
+               claim: Claim | None = None) -> AppendOutcome:
+        while self.intruders:
+            command = self.intruders.pop()
+            state = account.rebuild(account_id, self.streams[account_id])
+            change = command.decide(state)
+            super().append(account_id, state.version, [new_event(account_id, change.type, command.amount)])
+        return super().append(account_id, expected_version, events, claim)
+
+
+def test_commands_update_the_balance(store: InMemoryEventStore) -> None:
+    service = funded(store, 500)
+    result = service.execute("acc", Withdraw(200), ctx())
+    assert (result.amount, result.balance, result.version, result.replayed) == (200, 300, 3, False)
+    assert service.get("acc").balance == 300
+
+
+def test_conflict_re_decides_against_fresh_state() -> None:
+    store = Interleaving()
+    service = funded(store, 100)
+    store.intruders.append(Withdraw(60))
+    # Our withdrawal of 50 was valid against the state we read (100), but not after the intruder's 60.
+    with pytest.raises(InsufficientFunds):
+        service.execute("acc", Withdraw(50), ctx())
+    assert service.get("acc").balance == 40
+
+
+def test_conflict_then_success_uses_the_new_version() -> None:
+    store = Interleaving()
+    service = funded(store, 100)
+    store.intruders.append(Deposit(5))
+    result = service.execute("acc", Deposit(10), ctx())
+    assert (result.balance, result.version) == (115, 4)
+
+
+class AlwaysConflicts(InMemoryEventStore):
+    def append(self, account_id: str, expected_version: int, events: Sequence[NewEvent],
+               claim: Claim | None = None) -> AppendOutcome:
+        return Conflict(expected_version + 1)
+
+
+def test_retries_are_bounded() -> None:
+    store = AlwaysConflicts()
+    InMemoryEventStore.append(store, "acc", 0, [new_event("acc", "AccountOpened")])
+    sleeps: list[float] = []
+    service = AccountService(store, max_attempts=4, sleep=sleeps.append)
+    with pytest.raises(VersionConflict):
+        service.execute("acc", Deposit(1), ctx())
+    assert len(sleeps) == 4
+    assert all(0 <= s <= 0.05 for s in sleeps)
+
+
+def test_idempotent_retry_replays_instead_of_re_deciding(store: InMemoryEventStore) -> None:
+    service = funded(store, 100)
+    first = service.execute("acc", Withdraw(100), ctx("k1"))
+    again = service.execute("acc", Withdraw(100), ctx("k1"))  # would be insufficient funds if re-decided
+    assert (again.balance, again.version, again.amount) == (first.balance, first.version, first.amount)
+    assert again.replayed
+    assert len(store.streams["acc"]) == 3
+
+
+def test_idempotency_key_with_another_request_is_refused(store: InMemoryEventStore) -> None:
+    service = funded(store, 100)
+    service.execute("acc", Withdraw(10), ctx("k1"))
+    with pytest.raises(IdempotencyKeyReused):
+        service.execute("acc", Withdraw(11), ctx("k1"))
+    with pytest.raises(IdempotencyKeyReused):
+        service.execute("acc", Deposit(10), ctx("k1"))
+
+
+class LosesFirstReply(InMemoryEventStore):
+    """Applies the first append but reports a conflict, like a reply lost to a dropped connection that the
+    client library then retried."""
+
+    lost = False
+
+    def append(self, account_id: str, expected_version: int, events: Sequence[NewEvent],
+               claim: Claim | None = None) -> AppendOutcome:
+        outcome = super().append(account_id, expected_version, events, claim)
+        if not self.lost and expected_version == 2:
+            self.lost = True
+            return Conflict(expected_version + 1)
+        return outcome
+
+
+def test_an_applied_append_whose_reply_was_lost_is_not_applied_twice() -> None:
+    store = LosesFirstReply()
+    service = funded(store, 100)
+    result = service.execute("acc", Deposit(7), ctx())
+    assert (result.balance, result.version) == (107, 3)
+    assert len(store.streams["acc"]) == 3
+
+
+def test_if_match(store: InMemoryEventStore) -> None:
+    service = funded(store, 100)
+    assert service.execute("acc", Deposit(1), ctx(if_match=(2,))).version == 3
+    with pytest.raises(PreconditionFailed):
+        service.execute("acc", Deposit(1), ctx(if_match=(2,)))
+    assert service.execute("acc", Deposit(1), ctx(if_match=())).version == 4
+    with pytest.raises(PreconditionFailed):
+        service.execute("missing", Deposit(1), ctx(if_match=()))
+
+
+def test_reads(store: InMemoryEventStore) -> None:
+    service = funded(store, 100)
+    assert [e.version for e in service.events("acc", 1, 10)] == [2]
+    assert service.events("acc", 2, 10) == []
+    with pytest.raises(AccountNotFound):
+        service.get("nobody")
+    with pytest.raises(AccountNotFound):
+        service.events("nobody", 0, 10)
