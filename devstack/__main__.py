@@ -5,13 +5,16 @@ Starts what is not configured, then the HTTP gateway under gunicorn, with interl
 
 * Redis: ``REDIS_URL`` if set; otherwise a ``redis-server`` on 127.0.0.1:$DEV_REDIS_PORT (6399) with its
   data (AOF) in ``.devstack/redis``, reused if one from an earlier run still answers there.
-* The gateway on http://127.0.0.1:$PORT (8080).
+* MongoDB: ``MONGODB_URI`` if set; otherwise the nx-27017 stand-in on 127.0.0.1:$DEV_MONGO_PORT (27017)
+  with its data in ``.devstack/mongo``, reused if one still answers there.
+* The gateway on http://127.0.0.1:$PORT (8080) and the projector (health on $PROJECTOR_HEALTH_PORT, 8081).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -19,6 +22,8 @@ from pathlib import Path
 from honcho.manager import Manager
 from honcho.printer import Printer
 
+from devstack.mongo_standin import answers as mongo_answers
+from devstack.mongo_standin import command as mongo_command
 from devstack.redis_server import answers
 
 STATE_DIR = Path(".devstack")
@@ -29,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
     parser.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "2")))
     parser.add_argument("--redis-port", type=int, default=int(os.environ.get("DEV_REDIS_PORT", "6399")))
+    parser.add_argument("--mongo-port", type=int, default=int(os.environ.get("DEV_MONGO_PORT", "27017")))
     args = parser.parse_args(argv)
 
     manager = Manager(Printer(sys.stdout))
@@ -44,6 +50,18 @@ def main(argv: list[str] | None = None) -> int:
         else:
             manager.add_process("redis", _redis_command(args.redis_port))
 
+    if env.get("MONGODB_URI"):
+        print(f"devstack: using MONGODB_URI from the environment ({_redacted(env['MONGODB_URI'])})")
+    else:
+        env["MONGODB_URI"] = f"mongodb://127.0.0.1:{args.mongo_port}"
+        if mongo_answers(env["MONGODB_URI"]):
+            print(f"devstack: reusing the MongoDB already answering on port {args.mongo_port}")
+        else:
+            data = STATE_DIR / "mongo"
+            data.mkdir(parents=True, exist_ok=True)
+            manager.add_process("mongo", shlex.join(mongo_command(args.mongo_port, data.resolve())))
+
+    manager.add_process("projector", f"{sys.executable} -m projector run", env=env)
     manager.add_process(
         "api",
         f"{sys.executable} -m gunicorn 'gateway:create_app()' --bind 127.0.0.1:{args.port} "

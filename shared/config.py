@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
@@ -16,6 +17,7 @@ from urllib.parse import urlsplit
 T = TypeVar("T")
 
 _PREFIX_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+_NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -37,6 +39,57 @@ class Settings:
     command_max_attempts: int = 10
     max_body_bytes: int = 16_384
     log_level: str = "INFO"
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectorSettings:
+    """What the projector needs beyond the write side's settings."""
+
+    mongodb_uri: str = "mongodb://localhost:27017"
+    mongodb_database: str = "accountDB"
+    mongodb_collection: str = "accountCollection"
+    mongodb_timeout_ms: int = 5_000
+    group: str = "projector"
+    consumer: str = ""
+    batch_size: int = 500
+    block_ms: int = 2_000
+    claim_idle_ms: int = 30_000
+    max_deliveries: int = 5
+    timestamps_kept: int = 20
+    health_port: int = 8081
+
+
+def load_projector_settings(environ: Mapping[str, str] | None = None) -> ProjectorSettings:
+    env = os.environ if environ is None else environ
+    defaults = ProjectorSettings()
+    return ProjectorSettings(
+        mongodb_uri=_url(env, "MONGODB_URI", defaults.mongodb_uri, ("mongodb", "mongodb+srv")),
+        mongodb_database=_name(env, "MONGODB_DATABASE", defaults.mongodb_database),
+        mongodb_collection=_name(env, "MONGODB_COLLECTION", defaults.mongodb_collection),
+        mongodb_timeout_ms=_number(env, "MONGODB_TIMEOUT_MS", defaults.mongodb_timeout_ms, int, 100, 120_000),
+        group=_name(env, "PROJECTOR_GROUP", defaults.group),
+        consumer=_name(env, "PROJECTOR_CONSUMER", "") or _default_consumer(),
+        batch_size=_number(env, "PROJECTOR_BATCH_SIZE", defaults.batch_size, int, 1, 10_000),
+        block_ms=_number(env, "PROJECTOR_BLOCK_MS", defaults.block_ms, int, 10, 60_000),
+        claim_idle_ms=_number(env, "PROJECTOR_CLAIM_IDLE_MS", defaults.claim_idle_ms, int, 10, 86_400_000),
+        max_deliveries=_number(env, "PROJECTOR_MAX_DELIVERIES", defaults.max_deliveries, int, 1, 1_000),
+        timestamps_kept=_number(env, "PROJECTOR_TIMESTAMPS_KEPT", defaults.timestamps_kept, int, 1, 1_000),
+        health_port=_number(env, "PROJECTOR_HEALTH_PORT", defaults.health_port, int, 0, 65_535),
+    )
+
+
+def _default_consumer() -> str:
+    # The host name, not the pid: a restarted container keeps its name and resumes its own pending entries.
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:64] or "projector"
+
+
+def _name(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = _raw(env, name)
+    if raw is None:
+        return default
+    if not _NAME_PATTERN.fullmatch(raw):
+        raise ConfigError(f"{name} must match {_NAME_PATTERN.pattern}, got {raw!r}")
+    return raw
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:

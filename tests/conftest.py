@@ -16,7 +16,9 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from pymongo import MongoClient
 
+from devstack.mongo_standin import MongoStandIn
 from devstack.redis_server import RedisProcess, answers
 from shared import runtime
 from shared.keys import KeySpace
@@ -88,9 +90,40 @@ def live_env(monkeypatch: pytest.MonkeyPatch, redis_client: redis.Redis, redis_u
         runtime.reset()
 
 
+@pytest.fixture(scope="session")
+def mongo_standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MongoStandIn]:
+    """The nx-27017 MongoDB stand-in, one server for the session (see DESIGN/README for its limits)."""
+    server = MongoStandIn(tmp_path_factory.mktemp("nx-27017")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def mongo_db(mongo_standin: MongoStandIn) -> Iterator[str]:
+    """A database name of this test's own on the stand-in, dropped afterwards."""
+    name = f"t{uuid.uuid4().hex[:12]}"
+    yield name
+    client: MongoClient[dict[str, object]] = MongoClient(mongo_standin.uri)
+    client.drop_database(name)
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def real_mongo_uri() -> str:
+    uri = os.environ.get("MONGODB_URI")
+    if not uri:
+        pytest.skip("real MongoDB tests need MONGODB_URI (for example: docker compose up -d mongo; "
+                    "MONGODB_URI=mongodb://localhost:27017 make test)")
+    return uri
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # Anything that asks for a real server is a Redis test, whether or not its author marked it.
     for item in items:
         fixtures = getattr(item, "fixturenames", ())
         if "redis_url" in fixtures and item.get_closest_marker("redis") is None:
             item.add_marker(pytest.mark.redis)
+        if "real_mongo_uri" in fixtures and item.get_closest_marker("real_mongo") is None:
+            item.add_marker(pytest.mark.real_mongo)
