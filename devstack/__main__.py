@@ -62,12 +62,10 @@ def main(argv: list[str] | None = None) -> int:
             manager.add_process("mongo", shlex.join(mongo_command(args.mongo_port, data.resolve())))
 
     manager.add_process("projector", f"{sys.executable} -m projector run", env=env)
+    api_env = {**env, "GUNICORN_BIND": f"127.0.0.1:{args.port}", "WEB_CONCURRENCY": str(args.workers),
+               "GUNICORN_GRACEFUL_TIMEOUT": "5"}
     manager.add_process(
-        "api",
-        f"{sys.executable} -m gunicorn 'gateway:create_app()' --bind 127.0.0.1:{args.port} "
-        f"--workers {args.workers} --access-logfile - --graceful-timeout 5",
-        env=env,
-    )
+        "api", f"{sys.executable} -m gunicorn --config gateway/gunicorn.conf.py 'gateway:create_app()'", env=api_env)
     print(f"devstack: API on http://127.0.0.1:{args.port} (Ctrl-C stops everything)")
     manager.loop()
     return int(manager.returncode or 0)

@@ -1,0 +1,27 @@
+# syntax=docker/dockerfile:1
+# The HTTP gateway image: gunicorn + Flask serving the same handlers as Lambda.
+# Build from the repository root: docker build -t ledgerstream-gateway .
+FROM python:3.12-slim AS build
+WORKDIR /src
+RUN python -m venv /venv
+COPY pyproject.toml README.md ./
+COPY shared ./shared
+COPY functions ./functions
+COPY gateway ./gateway
+COPY projector ./projector
+COPY devstack ./devstack
+RUN /venv/bin/pip install --no-cache-dir ".[gateway]"
+
+FROM python:3.12-slim
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin gateway
+COPY --from=build /venv /venv
+COPY gateway/gunicorn.conf.py /etc/ledgerstream/gunicorn.conf.py
+ENV PATH=/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    GUNICORN_BIND=0.0.0.0:8080 \
+    WEB_CONCURRENCY=4
+USER 10001
+EXPOSE 8080
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s \
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)"]
+CMD ["gunicorn", "--config", "/etc/ledgerstream/gunicorn.conf.py", "gateway:create_app()"]
