@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test lint typecheck pytest bench clean
+.PHONY: install run test lint typecheck pytest fuzz bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ run: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/cfn-lint template.yaml
+	$(BIN)/hadolint Dockerfile projector/Dockerfile
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec compose.yaml
 
 typecheck: install
 	$(BIN)/mypy
@@ -27,6 +30,10 @@ pytest: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
+
+# A deeper schemathesis run against a running gateway (start one with `make run` first).
+fuzz: install
+	$(BIN)/st run openapi.yaml --url $${API_URL:-http://127.0.0.1:8080} --checks all --max-examples 500
 
 clean:
 	rm -rf $(VENV) .devstack .pytest_cache .mypy_cache .ruff_cache

@@ -10,7 +10,7 @@ import os
 import re
 import socket
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 from urllib.parse import urlsplit
 
@@ -30,7 +30,8 @@ class ConfigError(ValueError):
 class Settings:
     """What the write side (handlers, gateway) needs."""
 
-    redis_url: str = "redis://localhost:6379/0"
+    redis_url: str = field(default="redis://localhost:6379/0", repr=False)  # may embed a password
+    redis_password: str | None = field(default=None, repr=False)
     redis_cluster: bool = False
     redis_timeout_seconds: float = 2.0
     key_prefix: str = "ledger"
@@ -45,7 +46,7 @@ class Settings:
 class ProjectorSettings:
     """What the projector needs beyond the write side's settings."""
 
-    mongodb_uri: str = "mongodb://localhost:27017"
+    mongodb_uri: str = field(default="mongodb://localhost:27017", repr=False)
     mongodb_database: str = "accountDB"
     mongodb_collection: str = "accountCollection"
     mongodb_timeout_ms: int = 5_000
@@ -63,7 +64,8 @@ def load_projector_settings(environ: Mapping[str, str] | None = None) -> Project
     env = os.environ if environ is None else environ
     defaults = ProjectorSettings()
     return ProjectorSettings(
-        mongodb_uri=_url(env, "MONGODB_URI", defaults.mongodb_uri, ("mongodb", "mongodb+srv")),
+        mongodb_uri=_url(env, "MONGODB_URI", defaults.mongodb_uri, ("mongodb", "mongodb+srv"),
+                         ("uri", "url", "MONGODB_URI")),
         mongodb_database=_name(env, "MONGODB_DATABASE", defaults.mongodb_database),
         mongodb_collection=_name(env, "MONGODB_COLLECTION", defaults.mongodb_collection),
         mongodb_timeout_ms=_number(env, "MONGODB_TIMEOUT_MS", defaults.mongodb_timeout_ms, int, 100, 120_000),
@@ -96,7 +98,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if environ is None else environ
     defaults = Settings()
     return Settings(
-        redis_url=_url(env, "REDIS_URL", defaults.redis_url, ("redis", "rediss", "unix")),
+        redis_url=_url(env, "REDIS_URL", defaults.redis_url, ("redis", "rediss", "unix"), ("url", "REDIS_URL")),
+        redis_password=_secret(env, "REDIS_PASSWORD", ("password", "REDIS_PASSWORD")),
         redis_cluster=_flag(env, "REDIS_CLUSTER", defaults.redis_cluster),
         redis_timeout_seconds=_number(env, "REDIS_TIMEOUT_SECONDS", defaults.redis_timeout_seconds, float,
                                       0.05, 60.0),
@@ -152,8 +155,28 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
     return raw.upper()
 
 
-def _url(env: Mapping[str, str], name: str, default: str, schemes: tuple[str, ...]) -> str:
-    raw = _raw(env, name)
+def _secret(env: Mapping[str, str], name: str, json_keys: tuple[str, ...]) -> str | None:
+    """``NAME`` itself, or fetched once from ``NAME_SECRET_ARN`` (Secrets Manager) or ``NAME_PARAMETER`` (SSM)."""
+    arn, parameter = _raw(env, f"{name}_SECRET_ARN"), _raw(env, f"{name}_PARAMETER")
+    if arn and parameter:
+        raise ConfigError(f"set only one of {name}_SECRET_ARN and {name}_PARAMETER")
+    if not (arn or parameter):
+        return _raw(env, name)
+    from shared import secrets
+
+    try:
+        if arn:
+            return secrets.from_secrets_manager(arn, json_keys)
+        assert parameter is not None
+        return secrets.from_parameter_store(parameter, json_keys)
+    except secrets.SecretError as exc:
+        source = f"{name}_SECRET_ARN" if arn else f"{name}_PARAMETER"
+        raise ConfigError(f"{source}: {exc}") from exc
+
+
+def _url(env: Mapping[str, str], name: str, default: str, schemes: tuple[str, ...],
+         json_keys: tuple[str, ...] = ("url",)) -> str:
+    raw = _secret(env, name, json_keys)
     if raw is None:
         return default
     # The value may hold a password, so the message names the variable but never echoes it.

@@ -114,6 +114,8 @@ def connect(settings: Settings) -> redis.Redis:
         "retry": Retry(EqualJitterBackoff(cap=0.1, base=0.01), retries=1),
         "health_check_interval": 30,
     }
+    if settings.redis_password is not None:
+        options["password"] = settings.redis_password
     if settings.redis_cluster:
         del options["health_check_interval"]
         cluster: redis.Redis = redis.RedisCluster.from_url(settings.redis_url, **options)  # type: ignore[assignment]

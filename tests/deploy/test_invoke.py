@@ -1,0 +1,36 @@
+"""The in-process stand-in for `sam local invoke`: handler and environment come from template.yaml."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from devstack import invoke
+from shared import runtime
+from shared.keys import KeySpace
+
+pytestmark = pytest.mark.usefixtures("live_env")
+
+
+def test_invoke_by_logical_id(capsys: pytest.CaptureFixture[str], live_env: KeySpace) -> None:
+    assert invoke.main(["CreateAccountFunction", "events/create_account.json"]) == 0
+    assert json.loads(capsys.readouterr().out)["statusCode"] == 201
+    assert invoke.main(["DepositFunction", "events/deposit.json"]) == 0
+    body = json.loads(json.loads(capsys.readouterr().out)["body"])
+    assert body["funds"] == "100.00"
+    runtime.reset()
+
+
+def test_environment_is_resolved_from_the_template() -> None:
+    _, handler, env = invoke.resolve("DepositFunction", invoke.ROOT / "template.yaml",
+                                     {"RedisUrlParameter": "/ledger/redis"})
+    assert handler == "app.lambda_handler"
+    assert env["REDIS_URL_PARAMETER"] == "/ledger/redis"
+    assert "REDIS_URL_SECRET_ARN" not in env
+    assert env["LEDGER_PARTITIONS"] == "16"
+
+
+def test_unknown_function_is_refused() -> None:
+    with pytest.raises(SystemExit, match="not a function"):
+        invoke.main(["NoSuchFunction", "events/deposit.json"])
