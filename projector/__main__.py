@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import signal
 import sys
 from collections.abc import Sequence
@@ -42,6 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     replay = parked_commands.add_parser("replay", help="apply parked events again (after a fix)")
     replay.add_argument("--partition", type=int, action="append")
     replay.add_argument("--id", action="append", help="a parked id or original entry id (repeatable)")
+    show = commands.add_parser("show", help="print an account's read-model document")
+    show.add_argument("account_id")
     rebuild = commands.add_parser("rebuild", help="rebuild the read model from the logs and swap it in")
     rebuild.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -56,6 +59,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "status":
         return _status(consumer)
+    if args.command == "show":
+        document = model.find(args.account_id)
+        if document is None:
+            print(f"{args.account_id}: not in the read model (yet)", file=sys.stderr)
+            return 1
+        print(json.dumps(document, indent=2, default=str))
+        return 0
     if args.command == "parked" and args.parked_command == "list":
         return _list_parked(consumer, args.partition)
     if args.command == "parked":

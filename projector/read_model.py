@@ -193,6 +193,10 @@ class ReadModel:
             if others:
                 raise
 
+    def find(self, account_id: str) -> Document | None:
+        with translate_unavailable():
+            return self._collection.find_one({"_id": account_id})
+
     def documents(self) -> dict[str, Document]:
         with translate_unavailable():
             return {doc["_id"]: doc for doc in self._collection.find({})}

@@ -323,6 +323,14 @@ def test_status_and_parked_commands(client: redis.Redis, live_env: KeySpace, red
     partition = live_env.partition_of("acct")
     row = lines[2 + partition].split()
     assert row[0] == str(partition) and row[1] == "1"  # one entry in the log, group not created yet
+    projector = make_projector(client, live_env, settings(mongo_standin.uri, mongo_db))
+    drain(projector)
+    shown = subprocess.run([sys.executable, "-m", "projector", "show", "acct"], env=env, capture_output=True,
+                           text=True, check=True)
+    assert json.loads(shown.stdout)["balance"] == "0.00"
+    missing = subprocess.run([sys.executable, "-m", "projector", "show", "nobody"], env=env, capture_output=True,
+                             text=True, check=False)
+    assert missing.returncode == 1
     listing = subprocess.run([sys.executable, "-m", "projector", "parked", "list"], env=env, capture_output=True,
                              text=True, check=True)
     assert listing.stdout.strip().endswith("0 parked")
