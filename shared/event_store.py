@@ -138,7 +138,7 @@ _NEW_EVENT_FIELD_COUNT = 14  # seven field/value pairs per event, see _event_fie
 
 class RedisEventStore:
     def __init__(self, client: redis.Redis, keys: KeySpace, idempotency_ttl_seconds: int) -> None:
-        self._redis = client
+        self._redis = _without_xrange_parsing(client)
         self._keys = keys
         self._ttl = idempotency_ttl_seconds
         self._append = client.register_script(_APPEND_SCRIPT)
@@ -168,6 +168,22 @@ class RedisEventStore:
 
     def append(self, account_id: str, expected_version: int, events: Sequence[NewEvent],
                claim: Claim | None = None) -> AppendOutcome:
+        keys, args = self.script_arguments(account_id, expected_version, events, claim)
+        with translate_unavailable():
+            reply = self._append(keys=keys, args=args)
+        status = reply[0]
+        if status == b"ok":
+            return Appended(int(reply[1]))
+        if status == b"conflict":
+            return Conflict(int(reply[1]))
+        if status == b"duplicate":
+            return Duplicate(IdempotencyRecord(reply[1].decode(), reply[2].decode()))
+        raise RuntimeError(f"unexpected reply from the append script: {reply!r}")
+
+
+    def script_arguments(self, account_id: str, expected_version: int, events: Sequence[NewEvent],
+                         claim: Claim | None = None) -> tuple[list[str], list[bytes | str | int]]:
+        """KEYS and ARGV of the append script for this append (also used to pipeline bulk loads)."""
         if not events:
             raise ValueError("append needs at least one event")
         keys = [self._keys.stream(account_id), self._keys.version(account_id),
@@ -180,16 +196,12 @@ class RedisEventStore:
             args += [claim.record.fingerprint, claim.record.result, self._ttl]
         for event in events:
             args += _event_fields(event)
-        with translate_unavailable():
-            reply = self._append(keys=keys, args=args)
-        status = reply[0]
-        if status == b"ok":
-            return Appended(int(reply[1]))
-        if status == b"conflict":
-            return Conflict(int(reply[1]))
-        if status == b"duplicate":
-            return Duplicate(IdempotencyRecord(reply[1].decode(), reply[2].decode()))
-        raise RuntimeError(f"unexpected reply from the append script: {reply!r}")
+        return keys, args
+
+    @property
+    def append_script(self) -> Any:
+        """The registered append script (a redis-py ``Script``; call it with ``client=`` a pipeline)."""
+        return self._append
 
 
 def _event_fields(event: NewEvent) -> list[bytes | str | int]:
@@ -206,9 +218,37 @@ def _event_fields(event: NewEvent) -> list[bytes | str | int]:
     ]
 
 
+def _without_xrange_parsing(client: redis.Redis) -> redis.Redis:
+    """A client on the same connection pool whose XRANGE replies stay flat ``[id, [field, value, ...]]``.
+
+    redis-py would build a dict per entry; rebuilding reads every event of an account on every request,
+    and decoding the flat list by position (the append script fixes the field order) is the cheaper path.
+    """
+    if type(client).__name__ == "RedisCluster" or not isinstance(client, redis.Redis):
+        return client  # cluster clients route per node; they keep redis-py's dict parsing
+    own = redis.Redis(connection_pool=client.connection_pool)
+    own.set_response_callback("XRANGE", _identity)
+    return own
+
+
+def _identity(response: Any, **options: Any) -> Any:
+    return response
+
+
 def decode_entries(entries: Any) -> list[RecordedEvent]:
-    """Decode an XRANGE/XREADGROUP reply: a list of (entry id, {field: value}) with bytes values."""
-    return [decode_fields(fields) for _, fields in entries]
+    """Decode an XRANGE/XREADGROUP reply: (entry id, fields) pairs, the fields as a dict or a flat list."""
+    return [decode_fields(fields) if type(fields) is dict else _decode_flat(fields) for _, fields in entries]
+
+
+def _decode_flat(flat: list[bytes]) -> RecordedEvent:
+    # Positions as written by append.lua: version, type, account_id, event_id, time, schema, data, meta.
+    if len(flat) != 16 or flat[0] != b"version" or flat[12] != b"data":
+        return decode_fields(dict(zip(flat[::2], flat[1::2], strict=True)))
+    try:
+        return RecordedEvent(flat[5].decode(), int(flat[1]), flat[3].decode(), orjson.loads(flat[13]),
+                             flat[7].decode(), flat[9].decode(), int(flat[11]), flat[15].decode())
+    except (ValueError, orjson.JSONDecodeError) as exc:
+        raise CorruptHistory(f"unreadable stream entry: {type(exc).__name__}: {exc}") from exc
 
 
 def decode_fields(fields: dict[bytes, bytes]) -> RecordedEvent:
