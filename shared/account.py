@@ -53,10 +53,11 @@ def apply(account: Account, event_type: str, data: EventData, version: int, at: 
     return Account(account.id, balance, version, opened_at, at)
 
 
-def rebuild(account_id: str, events: Iterable[RecordedEvent]) -> Account:
+def rebuild(account_id: str, events: Iterable[RecordedEvent], start: Account | None = None) -> Account:
+    """The account after ``events``, folded onto ``start`` (a snapshot) or onto nothing."""
     # The hot path of every request: a plain loop over locals, one Account at the end (not one per event).
-    balance = version = 0
-    opened_at = updated_at = None
+    balance, version = (start.balance, start.version) if start else (0, 0)
+    opened_at, updated_at = (start.opened_at, start.updated_at) if start else (None, None)
     for event in events:
         balance = _step(account_id, balance, version, event.type, event.data, event.version)
         if version == 0:

@@ -1,16 +1,17 @@
 -- Atomic append for one account. Every check happens before the first write, because Redis does not
 -- roll back a script that fails half-way.
 --
--- KEYS[1] account stream    KEYS[2] version record    KEYS[3] partition log
--- KEYS[4] idempotency record (only when the request carries an Idempotency-Key)
+-- KEYS[1] account stream    KEYS[2] version record    KEYS[3] partition log    KEYS[4] snapshot
+-- KEYS[5] idempotency record (only when the request carries an Idempotency-Key)
 -- ARGV[1] expected version  ARGV[2] number of events
 -- ARGV[3] request fingerprint  ARGV[4] result to replay  ARGV[5] idempotency TTL in seconds
--- ARGV[6...] per event: a field count k, then k field/value items
+-- ARGV[6] snapshot of the state after these events, or "" for none
+-- ARGV[7...] per event: a field count k, then k field/value items
 --
 -- Replies: {"ok", new version} | {"conflict", current version} | {"duplicate", fingerprint, result}
 
-if KEYS[4] then
-  local prior = redis.call('HMGET', KEYS[4], 'fingerprint', 'result')
+if KEYS[5] then
+  local prior = redis.call('HMGET', KEYS[5], 'fingerprint', 'result')
   if prior[1] then
     return {'duplicate', prior[1], prior[2]}
   end
@@ -22,7 +23,7 @@ if current ~= tonumber(ARGV[1]) then
 end
 
 local version = current
-local at = 6
+local at = 7
 for _ = 1, tonumber(ARGV[2]) do
   local count = tonumber(ARGV[at])
   local fields = {}
@@ -37,8 +38,11 @@ for _ = 1, tonumber(ARGV[2]) do
 end
 redis.call('SET', KEYS[2], version)
 
-if KEYS[4] then
-  redis.call('HSET', KEYS[4], 'fingerprint', ARGV[3], 'result', ARGV[4])
-  redis.call('EXPIRE', KEYS[4], ARGV[5])
+if ARGV[6] ~= '' then
+  redis.call('SET', KEYS[4], ARGV[6])
+end
+if KEYS[5] then
+  redis.call('HSET', KEYS[5], 'fingerprint', ARGV[3], 'result', ARGV[4])
+  redis.call('EXPIRE', KEYS[5], ARGV[5])
 end
 return {'ok', version}

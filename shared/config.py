@@ -38,6 +38,7 @@ class Settings:
     partitions: int = 16
     idempotency_ttl_seconds: int = 86_400
     command_max_attempts: int = 10
+    snapshot_interval: int = 100
     max_body_bytes: int = 16_384
     log_level: str = "INFO"
 
@@ -108,6 +109,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         idempotency_ttl_seconds=_number(env, "IDEMPOTENCY_TTL_SECONDS", defaults.idempotency_ttl_seconds,
                                         int, 60, 30 * 86_400),
         command_max_attempts=_number(env, "COMMAND_MAX_ATTEMPTS", defaults.command_max_attempts, int, 1, 100),
+        snapshot_interval=_number(env, "SNAPSHOT_INTERVAL", defaults.snapshot_interval, int, 0, 100_000),
         max_body_bytes=_number(env, "MAX_BODY_BYTES", defaults.max_body_bytes, int, 256, 1_048_576),
         log_level=_choice(env, "LOG_LEVEL", defaults.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")),
     )

@@ -23,6 +23,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from shared.account import Account
 from shared.config import Settings
 from shared.errors import CorruptHistory, StoreUnavailable
 from shared.events import NewEvent, RecordedEvent
@@ -61,12 +62,17 @@ class Claim:
 
 @dataclass(frozen=True, slots=True)
 class Loaded:
+    """What a command needs: the events after ``snapshot`` (all of them if there is none)."""
+
     events: list[RecordedEvent]
     idempotency: IdempotencyRecord | None = None
+    snapshot: Account | None = None
 
     @property
     def version(self) -> int:
-        return self.events[-1].version if self.events else 0
+        if self.events:
+            return self.events[-1].version
+        return self.snapshot.version if self.snapshot else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +97,8 @@ class EventStore(Protocol):
     """The write side's persistence port. Every implementation passes ``tests/contract``."""
 
     def load(self, account_id: str, idempotency_key: str | None = None) -> Loaded:
-        """The account's whole history (and the idempotency record for ``idempotency_key``, if any)."""
+        """The account's latest snapshot and the events after it (and the idempotency record for
+        ``idempotency_key``, if any)."""
         ...
 
     def read(self, account_id: str, after_version: int = 0, limit: int | None = None) -> list[RecordedEvent]:
@@ -99,9 +106,10 @@ class EventStore(Protocol):
         ...
 
     def append(self, account_id: str, expected_version: int, events: Sequence[NewEvent],
-               claim: Claim | None = None) -> AppendOutcome:
+               claim: Claim | None = None, after: Account | None = None) -> AppendOutcome:
         """Append ``events`` as versions ``expected_version + 1 ...`` if, and only if, the account is at
-        ``expected_version`` and ``claim``'s key is unused. Nothing is written otherwise."""
+        ``expected_version`` and ``claim``'s key is unused. Nothing is written otherwise. ``after`` is the
+        state the events lead to; the store may keep it as a snapshot."""
         ...
 
 
@@ -137,10 +145,15 @@ _NEW_EVENT_FIELD_COUNT = 14  # seven field/value pairs per event, see _event_fie
 
 
 class RedisEventStore:
-    def __init__(self, client: redis.Redis, keys: KeySpace, idempotency_ttl_seconds: int) -> None:
+    """``snapshot_interval`` > 0 keeps the account's state every that many versions (written by the append
+    script, atomically with the event), so a load reads at most that many events however long the history."""
+
+    def __init__(self, client: redis.Redis, keys: KeySpace, idempotency_ttl_seconds: int,
+                 snapshot_interval: int = 0) -> None:
         self._redis = _without_xrange_parsing(client)
         self._keys = keys
         self._ttl = idempotency_ttl_seconds
+        self._interval = snapshot_interval
         self._append = client.register_script(_APPEND_SCRIPT)
 
     @property
@@ -150,15 +163,39 @@ class RedisEventStore:
     def load(self, account_id: str, idempotency_key: str | None = None) -> Loaded:
         stream = self._keys.stream(account_id)
         with translate_unavailable():
-            if idempotency_key is None:
+            if idempotency_key is None and not self._interval:
                 return Loaded(decode_entries(self._redis.xrange(stream)))
-            # Both reads in one round trip: checking the key must not cost the request a second one.
+            # One round trip whatever we need: the key check and the snapshot must not cost extra trips.
             pipe = self._redis.pipeline(transaction=False)
-            pipe.xrange(stream)
-            pipe.hmget(self._keys.idempotency(account_id, idempotency_key), "fingerprint", "result")
-            entries, (fingerprint, result) = pipe.execute()
-        record = None if fingerprint is None else IdempotencyRecord(fingerprint.decode(), result.decode())
-        return Loaded(decode_entries(entries), record)
+            if self._interval:
+                pipe.get(self._keys.snapshot(account_id))
+                pipe.xrevrange(stream, count=self._interval)
+            else:
+                pipe.xrange(stream)
+            if idempotency_key is not None:
+                pipe.hmget(self._keys.idempotency(account_id, idempotency_key), "fingerprint", "result")
+            replies = pipe.execute()
+        record = None
+        if idempotency_key is not None:
+            fingerprint, result = replies.pop()
+            if fingerprint is not None:
+                record = IdempotencyRecord(fingerprint.decode(), result.decode())
+        if not self._interval:
+            return Loaded(decode_entries(replies[0]), record)
+        snapshot = None if replies[0] is None else _snapshot_from(account_id, replies[0])
+        return self._after_snapshot(account_id, snapshot, replies[1], record)
+
+    def _after_snapshot(self, account_id: str, snapshot: Account | None, newest_first: list[Any],
+                        record: IdempotencyRecord | None) -> Loaded:
+        base = snapshot.version if snapshot else 0
+        newer = [entry for entry in reversed(newest_first) if _entry_version(entry[0]) > base]
+        newest = _entry_version(newest_first[0][0]) if newest_first else 0
+        contiguous = (_entry_version(newer[0][0]) == base + 1) if newer else newest == base
+        if contiguous:
+            return Loaded(decode_entries(newer), record, snapshot)
+        # More events since the snapshot than one window holds (the interval was raised, or the data
+        # predates snapshots): read them all from the snapshot on.
+        return Loaded(self.read(account_id, base), record, snapshot)
 
     def read(self, account_id: str, after_version: int = 0, limit: int | None = None) -> list[RecordedEvent]:
         with translate_unavailable():
@@ -167,8 +204,8 @@ class RedisEventStore:
         return decode_entries(entries)
 
     def append(self, account_id: str, expected_version: int, events: Sequence[NewEvent],
-               claim: Claim | None = None) -> AppendOutcome:
-        keys, args = self.script_arguments(account_id, expected_version, events, claim)
+               claim: Claim | None = None, after: Account | None = None) -> AppendOutcome:
+        keys, args = self.script_arguments(account_id, expected_version, events, claim, after)
         with translate_unavailable():
             reply = self._append(keys=keys, args=args)
         status = reply[0]
@@ -182,18 +219,22 @@ class RedisEventStore:
 
 
     def script_arguments(self, account_id: str, expected_version: int, events: Sequence[NewEvent],
-                         claim: Claim | None = None) -> tuple[list[str], list[bytes | str | int]]:
+                         claim: Claim | None = None,
+                         after: Account | None = None) -> tuple[list[str], list[bytes | str | int]]:
         """KEYS and ARGV of the append script for this append (also used to pipeline bulk loads)."""
         if not events:
             raise ValueError("append needs at least one event")
         keys = [self._keys.stream(account_id), self._keys.version(account_id),
-                self._keys.partition_log(self._keys.partition_of(account_id))]
+                self._keys.partition_log(self._keys.partition_of(account_id)), self._keys.snapshot(account_id)]
         args: list[bytes | str | int] = [expected_version, len(events)]
         if claim is None:
             args += ["", "", 0]
         else:
             keys.append(self._keys.idempotency(account_id, claim.key))
             args += [claim.record.fingerprint, claim.record.result, self._ttl]
+        new_version = expected_version + len(events)
+        crossed = self._interval and new_version // self._interval > expected_version // self._interval
+        args.append(_snapshot_json(after) if crossed and after is not None else "")
         for event in events:
             args += _event_fields(event)
         return keys, args
@@ -228,11 +269,29 @@ def _without_xrange_parsing(client: redis.Redis) -> redis.Redis:
         return client  # cluster clients route per node; they keep redis-py's dict parsing
     own = redis.Redis(connection_pool=client.connection_pool)
     own.set_response_callback("XRANGE", _identity)
+    own.set_response_callback("XREVRANGE", _identity)
     return own
 
 
 def _identity(response: Any, **options: Any) -> Any:
     return response
+
+
+def _entry_version(entry_id: bytes) -> int:
+    return int(entry_id.split(b"-", 1)[0])
+
+
+def _snapshot_json(state: Account) -> bytes:
+    return orjson.dumps({"version": state.version, "balance": state.balance, "opened_at": state.opened_at,
+                         "updated_at": state.updated_at})
+
+
+def _snapshot_from(account_id: str, raw: bytes) -> Account:
+    try:
+        data = orjson.loads(raw)
+        return Account(account_id, int(data["balance"]), int(data["version"]), data["opened_at"], data["updated_at"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CorruptHistory(f"unreadable snapshot of {account_id}: {exc}") from exc
 
 
 def decode_entries(entries: Any) -> list[RecordedEvent]:

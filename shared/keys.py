@@ -2,6 +2,7 @@
 
     <prefix>:{p<n>}:stream:<account id>     the account's events, entry id = "<version>-0"
     <prefix>:{p<n>}:version:<account id>    the account's current version (a plain integer)
+    <prefix>:{p<n>}:snapshot:<account id>   the account's state every SNAPSHOT_INTERVAL versions (JSON)
     <prefix>:{p<n>}:idem:<account id>:<key> an idempotency record (hash, with a TTL)
     <prefix>:{p<n>}:log                     every event of partition n, in append order
     <prefix>:{p<n>}:parked                  projector dead letters of partition n
@@ -34,6 +35,9 @@ class KeySpace:
 
     def version(self, account_id: str) -> str:
         return f"{self._base(self.partition_of(account_id))}:version:{account_id}"
+
+    def snapshot(self, account_id: str) -> str:
+        return f"{self._base(self.partition_of(account_id))}:snapshot:{account_id}"
 
     def idempotency(self, account_id: str, key: str) -> str:
         return f"{self._base(self.partition_of(account_id))}:idem:{account_id}:{key}"

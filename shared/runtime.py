@@ -33,7 +33,7 @@ def redis_client() -> redis.Redis:
 def service() -> AccountService:
     config = settings()
     store = RedisEventStore(redis_client(), KeySpace(config.key_prefix, config.partitions),
-                            config.idempotency_ttl_seconds)
+                            config.idempotency_ttl_seconds, config.snapshot_interval)
     return AccountService(store, max_attempts=config.command_max_attempts)
 
 

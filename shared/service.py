@@ -75,7 +75,8 @@ class AccountService:
         self._new_id = new_id
 
     def get(self, account_id: str) -> Account:
-        state = account.rebuild(account_id, self._store.load(account_id).events)
+        loaded = self._store.load(account_id)
+        state = account.rebuild(account_id, loaded.events, loaded.snapshot)
         if not state.exists:
             raise AccountNotFound(f"account {account_id} does not exist")
         return state
@@ -97,10 +98,10 @@ class AccountService:
             if loaded.idempotency is not None:
                 return _replay(loaded.idempotency, fingerprint, context)
             if expected is not None:
-                landed = _find_landed(account_id, loaded, expected, event_id, command)
+                landed = self._find_landed(account_id, loaded, expected, event_id, command)
                 if landed is not None:
                     return landed
-            state = account.rebuild(account_id, loaded.events)
+            state = account.rebuild(account_id, loaded.events, loaded.snapshot)
             _check_precondition(state, context)
             change = command.decide(state)
             at = self._clock()
@@ -116,7 +117,7 @@ class AccountService:
             if context.idempotency_key is not None:
                 claim = Claim(context.idempotency_key, IdempotencyRecord(fingerprint, result.to_json()))
             expected = state.version
-            outcome = self._store.append(account_id, state.version, [event], claim)
+            outcome = self._store.append(account_id, state.version, [event], claim, after)
             if isinstance(outcome, Appended):
                 return result
             if isinstance(outcome, Duplicate):
@@ -126,6 +127,15 @@ class AccountService:
         raise VersionConflict(
             f"account {account_id} changed concurrently {self._max_attempts} times; retry the request"
         )
+
+    def _find_landed(self, account_id: str, loaded: Loaded, expected: int, event_id: str,
+                     command: Command) -> CommandResult | None:
+        """Our own event, if an earlier attempt's append was applied although its reply never reached us."""
+        for event in loaded.events:
+            if event.version > expected and event.event_id == event_id:
+                state = account.rebuild(account_id, self._store.read(account_id, 0, event.version))
+                return CommandResult(account_id, command.amount, state.balance, state.version)
+        return None
 
     def _backoff(self, attempt: int) -> None:
         # Full jitter: spreads colliding writers apart instead of making them collide again in lockstep.
@@ -157,13 +167,3 @@ def _check_precondition(state: Account, context: CommandContext) -> None:
 
 def _versions(versions: tuple[int, ...]) -> str:
     return " or ".join(str(v) for v in versions)
-
-
-def _find_landed(account_id: str, loaded: Loaded, expected: int, event_id: str,
-                 command: Command) -> CommandResult | None:
-    """Our own event, if an earlier attempt's append was applied although its reply never reached us."""
-    for event in loaded.events[expected:]:
-        if event.event_id == event_id:
-            state = account.rebuild(account_id, loaded.events[: event.version])
-            return CommandResult(account_id, command.amount, state.balance, state.version)
-    return None

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import orjson
 
+from shared.account import Account
 from shared.event_store import Appended, AppendOutcome, Claim, Conflict, Duplicate, IdempotencyRecord, Loaded
 from shared.events import Metadata, NewEvent, RecordedEvent
 
@@ -42,7 +43,7 @@ class InMemoryEventStore:
         return events if limit is None else events[:limit]
 
     def append(self, account_id: str, expected_version: int, events: Sequence[NewEvent],
-               claim: Claim | None = None) -> AppendOutcome:
+               claim: Claim | None = None, after: Account | None = None) -> AppendOutcome:
         if not events:
             raise ValueError("append needs at least one event")
         with self._lock:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import pytest
 
 from shared import account
-from shared.account import Deposit, OpenAccount, Withdraw
+from shared.account import Account, Deposit, OpenAccount, Withdraw
 from shared.errors import AccountNotFound, IdempotencyKeyReused, InsufficientFunds, PreconditionFailed, VersionConflict
 from shared.event_store import AppendOutcome, Claim, Conflict
 from shared.events import NewEvent
@@ -43,13 +43,13 @@ class Interleaving(InMemoryEventStore):
         self.intruders: list[Deposit | Withdraw] = []
 
     def append(self, account_id: str, expected_version: int, events: Sequence[NewEvent],
-               claim: Claim | None = None) -> AppendOutcome:
+               claim: Claim | None = None, after: Account | None = None) -> AppendOutcome:
         while self.intruders:
             command = self.intruders.pop()
             state = account.rebuild(account_id, self.streams[account_id])
             change = command.decide(state)
             super().append(account_id, state.version, [new_event(account_id, change.type, command.amount)])
-        return super().append(account_id, expected_version, events, claim)
+        return super().append(account_id, expected_version, events, claim, after)
 
 
 def test_commands_update_the_balance(store: InMemoryEventStore) -> None:
@@ -79,7 +79,7 @@ def test_conflict_then_success_uses_the_new_version() -> None:
 
 class AlwaysConflicts(InMemoryEventStore):
     def append(self, account_id: str, expected_version: int, events: Sequence[NewEvent],
-               claim: Claim | None = None) -> AppendOutcome:
+               claim: Claim | None = None, after: Account | None = None) -> AppendOutcome:
         return Conflict(expected_version + 1)
 
 
@@ -119,8 +119,8 @@ class LosesFirstReply(InMemoryEventStore):
     lost = False
 
     def append(self, account_id: str, expected_version: int, events: Sequence[NewEvent],
-               claim: Claim | None = None) -> AppendOutcome:
-        outcome = super().append(account_id, expected_version, events, claim)
+               claim: Claim | None = None, after: Account | None = None) -> AppendOutcome:
+        outcome = super().append(account_id, expected_version, events, claim, after)
         if not self.lost and expected_version == 2:
             self.lost = True
             return Conflict(expected_version + 1)

@@ -1,0 +1,111 @@
+"""Snapshots bound the events a request reads; every way they can be missing or stale falls back safely."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import fakeredis
+import pytest
+import redis
+
+from shared import account
+from shared.account import Account
+from shared.errors import CorruptHistory
+from shared.event_store import Appended, RedisEventStore
+from shared.keys import KeySpace
+from tests.fakes import new_event
+
+
+@pytest.fixture(params=["fakeredis", "real"])
+def client(request: pytest.FixtureRequest) -> Iterator[redis.Redis]:
+    if request.param == "fakeredis":
+        fake = fakeredis.FakeRedis()
+        yield fake
+        fake.close()
+    else:
+        yield request.getfixturevalue("redis_client")
+
+
+@pytest.fixture
+def keys(key_prefix: str) -> KeySpace:
+    return KeySpace(key_prefix, 4)
+
+
+def grow(store: RedisEventStore, account_id: str, count: int) -> Account:
+    """Append ``count`` events one at a time, passing the resulting state as the service does."""
+    state = Account(account_id)
+    for _ in range(count):
+        event = new_event(account_id, "AccountOpened" if state.version == 0 else "FundsDeposited", 100)
+        after = account.apply(state, event.type, event.data, state.version + 1, event.recorded_at)
+        assert store.append(account_id, state.version, [event], None, after) == Appended(after.version)
+        state = after
+    return state
+
+
+def test_a_load_reads_the_snapshot_and_what_came_after(client: redis.Redis, keys: KeySpace) -> None:
+    store = RedisEventStore(client, keys, 3600, snapshot_interval=5)
+    final = grow(store, "acc", 23)
+    loaded = store.load("acc")
+    assert loaded.snapshot is not None and loaded.snapshot.version == 20
+    assert [e.version for e in loaded.events] == [21, 22, 23]
+    assert account.rebuild("acc", loaded.events, loaded.snapshot) == final
+    assert account.rebuild("acc", store.read("acc")) == final  # the full history still says the same
+    assert loaded.version == 23
+
+
+def test_exactly_at_a_snapshot(client: redis.Redis, keys: KeySpace) -> None:
+    store = RedisEventStore(client, keys, 3600, snapshot_interval=5)
+    final = grow(store, "acc", 10)
+    loaded = store.load("acc", "some-key")
+    assert (loaded.snapshot, loaded.events, loaded.idempotency) == (final, [], None)
+
+
+@pytest.mark.parametrize("interval", [2, 50])
+def test_a_changed_interval_still_loads_the_whole_truth(client: redis.Redis, keys: KeySpace, interval: int) -> None:
+    final = grow(RedisEventStore(client, keys, 3600, snapshot_interval=5), "acc", 23)
+    loaded = RedisEventStore(client, keys, 3600, snapshot_interval=interval).load("acc")
+    assert account.rebuild("acc", loaded.events, loaded.snapshot) == final
+
+
+def test_a_missing_snapshot_falls_back_to_the_history(client: redis.Redis, keys: KeySpace) -> None:
+    store = RedisEventStore(client, keys, 3600, snapshot_interval=5)
+    final = grow(store, "acc", 13)
+    client.delete(keys.snapshot("acc"))
+    loaded = store.load("acc")
+    assert loaded.snapshot is None
+    assert account.rebuild("acc", loaded.events) == final
+
+
+def test_history_written_without_snapshots(client: redis.Redis, keys: KeySpace) -> None:
+    final = grow(RedisEventStore(client, keys, 3600), "acc", 12)
+    assert not client.exists(keys.snapshot("acc"))
+    loaded = RedisEventStore(client, keys, 3600, snapshot_interval=5).load("acc")
+    assert account.rebuild("acc", loaded.events, loaded.snapshot) == final
+
+
+def test_a_batch_crossing_the_interval_leaves_a_snapshot(client: redis.Redis, keys: KeySpace) -> None:
+    store = RedisEventStore(client, keys, 3600, snapshot_interval=5)
+    state = grow(store, "acc", 3)
+    batch = [new_event("acc") for _ in range(4)]
+    after = account.rebuild("acc", [], state)
+    for offset, event in enumerate(batch, start=1):
+        after = account.apply(after, event.type, event.data, state.version + offset, event.recorded_at)
+    store.append("acc", 3, batch, None, after)
+    loaded = store.load("acc")
+    assert loaded.snapshot == after and loaded.events == []
+
+
+def test_a_conflicting_append_writes_no_snapshot(client: redis.Redis, keys: KeySpace) -> None:
+    store = RedisEventStore(client, keys, 3600, snapshot_interval=5)
+    state = grow(store, "acc", 4)
+    bogus = Account("acc", 999_999, 5, state.opened_at, state.updated_at)
+    store.append("acc", 3, [new_event("acc")], None, bogus)  # stale expected version: refused whole
+    assert not client.exists(keys.snapshot("acc"))
+
+
+def test_a_corrupt_snapshot_is_reported(client: redis.Redis, keys: KeySpace) -> None:
+    store = RedisEventStore(client, keys, 3600, snapshot_interval=5)
+    grow(store, "acc", 6)
+    client.set(keys.snapshot("acc"), b"{not json")
+    with pytest.raises(CorruptHistory):
+        store.load("acc")
