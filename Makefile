@@ -35,5 +35,9 @@ test: lint typecheck pytest
 fuzz: install
 	$(BIN)/st run openapi.yaml --url $${API_URL:-http://127.0.0.1:8080} --checks all --max-examples 500
 
+# Benchmarks (see bench/): needs redis-server and wrk (apt-get install wrk). Exit status 1 if a target is missed.
+bench: install
+	$(BIN)/python -m bench $(BENCH)
+
 clean:
 	rm -rf $(VENV) .devstack .pytest_cache .mypy_cache .ruff_cache

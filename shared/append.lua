@@ -5,7 +5,7 @@
 -- KEYS[5] idempotency record (only when the request carries an Idempotency-Key)
 -- ARGV[1] expected version  ARGV[2] number of events
 -- ARGV[3] request fingerprint  ARGV[4] result to replay  ARGV[5] idempotency TTL in seconds
--- ARGV[6] snapshot of the state after these events, or "" for none
+-- ARGV[6] snapshot of the state after these events (JSON), or "" for none
 -- ARGV[7...] per event: a field count k, then k field/value items
 --
 -- Replies: {"ok", new version} | {"conflict", current version} | {"duplicate", fingerprint, result}
@@ -39,7 +39,7 @@ end
 redis.call('SET', KEYS[2], version)
 
 if ARGV[6] ~= '' then
-  redis.call('SET', KEYS[4], ARGV[6])
+  redis.call('HSET', KEYS[4], 'version', version, 'state', ARGV[6])
 end
 if KEYS[5] then
   redis.call('HSET', KEYS[5], 'fingerprint', ARGV[3], 'result', ARGV[4])

@@ -38,7 +38,7 @@ class Settings:
     partitions: int = 16
     idempotency_ttl_seconds: int = 86_400
     command_max_attempts: int = 10
-    snapshot_interval: int = 100
+    snapshot_interval: int = 20
     max_body_bytes: int = 16_384
     log_level: str = "INFO"
 

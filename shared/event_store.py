@@ -106,10 +106,10 @@ class EventStore(Protocol):
         ...
 
     def append(self, account_id: str, expected_version: int, events: Sequence[NewEvent],
-               claim: Claim | None = None, after: Account | None = None) -> AppendOutcome:
+               claim: Claim | None = None, snapshot: Account | None = None) -> AppendOutcome:
         """Append ``events`` as versions ``expected_version + 1 ...`` if, and only if, the account is at
-        ``expected_version`` and ``claim``'s key is unused. Nothing is written otherwise. ``after`` is the
-        state the events lead to; the store may keep it as a snapshot."""
+        ``expected_version`` and ``claim``'s key is unused. Nothing is written otherwise. ``snapshot``, the
+        state the events lead to, is stored with them when given."""
         ...
 
 
@@ -141,61 +141,37 @@ def translate_unavailable() -> Iterator[None]:
 
 
 _APPEND_SCRIPT = resources.files("shared").joinpath("append.lua").read_text()
+_LOAD_SCRIPT = resources.files("shared").joinpath("load.lua").read_text()
 _NEW_EVENT_FIELD_COUNT = 14  # seven field/value pairs per event, see _event_fields
 
 
 class RedisEventStore:
-    """``snapshot_interval`` > 0 keeps the account's state every that many versions (written by the append
-    script, atomically with the event), so a load reads at most that many events however long the history."""
+    """A load is one script call (``load.lua``): the account's snapshot, if any, and only the events after
+    it. Snapshots are written by the append script, atomically with the events they summarise, whenever the
+    service passes one (its policy: every ``SNAPSHOT_INTERVAL`` versions)."""
 
-    def __init__(self, client: redis.Redis, keys: KeySpace, idempotency_ttl_seconds: int,
-                 snapshot_interval: int = 0) -> None:
+    def __init__(self, client: redis.Redis, keys: KeySpace, idempotency_ttl_seconds: int) -> None:
         self._redis = _without_xrange_parsing(client)
         self._keys = keys
         self._ttl = idempotency_ttl_seconds
-        self._interval = snapshot_interval
         self._append = client.register_script(_APPEND_SCRIPT)
+        self._load = client.register_script(_LOAD_SCRIPT)
 
     @property
     def keys(self) -> KeySpace:
         return self._keys
 
     def load(self, account_id: str, idempotency_key: str | None = None) -> Loaded:
-        stream = self._keys.stream(account_id)
-        with translate_unavailable():
-            if idempotency_key is None and not self._interval:
-                return Loaded(decode_entries(self._redis.xrange(stream)))
-            # One round trip whatever we need: the key check and the snapshot must not cost extra trips.
-            pipe = self._redis.pipeline(transaction=False)
-            if self._interval:
-                pipe.get(self._keys.snapshot(account_id))
-                pipe.xrevrange(stream, count=self._interval)
-            else:
-                pipe.xrange(stream)
-            if idempotency_key is not None:
-                pipe.hmget(self._keys.idempotency(account_id, idempotency_key), "fingerprint", "result")
-            replies = pipe.execute()
-        record = None
+        keys = [self._keys.stream(account_id), self._keys.snapshot(account_id)]
         if idempotency_key is not None:
-            fingerprint, result = replies.pop()
-            if fingerprint is not None:
-                record = IdempotencyRecord(fingerprint.decode(), result.decode())
-        if not self._interval:
-            return Loaded(decode_entries(replies[0]), record)
-        snapshot = None if replies[0] is None else _snapshot_from(account_id, replies[0])
-        return self._after_snapshot(account_id, snapshot, replies[1], record)
-
-    def _after_snapshot(self, account_id: str, snapshot: Account | None, newest_first: list[Any],
-                        record: IdempotencyRecord | None) -> Loaded:
-        base = snapshot.version if snapshot else 0
-        newer = [entry for entry in reversed(newest_first) if _entry_version(entry[0]) > base]
-        newest = _entry_version(newest_first[0][0]) if newest_first else 0
-        contiguous = (_entry_version(newer[0][0]) == base + 1) if newer else newest == base
-        if contiguous:
-            return Loaded(decode_entries(newer), record, snapshot)
-        # More events since the snapshot than one window holds (the interval was raised, or the data
-        # predates snapshots): read them all from the snapshot on.
-        return Loaded(self.read(account_id, base), record, snapshot)
+            keys.append(self._keys.idempotency(account_id, idempotency_key))
+        with translate_unavailable():
+            state, entries, record = self._load(keys=keys)
+        snapshot = None if state is None else _snapshot_from(account_id, state)
+        idempotency = None
+        if record and record[0] is not None:
+            idempotency = IdempotencyRecord(record[0].decode(), record[1].decode())
+        return Loaded(decode_entries(entries), idempotency, snapshot)
 
     def read(self, account_id: str, after_version: int = 0, limit: int | None = None) -> list[RecordedEvent]:
         with translate_unavailable():
@@ -204,8 +180,8 @@ class RedisEventStore:
         return decode_entries(entries)
 
     def append(self, account_id: str, expected_version: int, events: Sequence[NewEvent],
-               claim: Claim | None = None, after: Account | None = None) -> AppendOutcome:
-        keys, args = self.script_arguments(account_id, expected_version, events, claim, after)
+               claim: Claim | None = None, snapshot: Account | None = None) -> AppendOutcome:
+        keys, args = self.script_arguments(account_id, expected_version, events, claim, snapshot)
         with translate_unavailable():
             reply = self._append(keys=keys, args=args)
         status = reply[0]
@@ -220,7 +196,7 @@ class RedisEventStore:
 
     def script_arguments(self, account_id: str, expected_version: int, events: Sequence[NewEvent],
                          claim: Claim | None = None,
-                         after: Account | None = None) -> tuple[list[str], list[bytes | str | int]]:
+                         snapshot: Account | None = None) -> tuple[list[str], list[bytes | str | int]]:
         """KEYS and ARGV of the append script for this append (also used to pipeline bulk loads)."""
         if not events:
             raise ValueError("append needs at least one event")
@@ -232,9 +208,7 @@ class RedisEventStore:
         else:
             keys.append(self._keys.idempotency(account_id, claim.key))
             args += [claim.record.fingerprint, claim.record.result, self._ttl]
-        new_version = expected_version + len(events)
-        crossed = self._interval and new_version // self._interval > expected_version // self._interval
-        args.append(_snapshot_json(after) if crossed and after is not None else "")
+        args.append("" if snapshot is None else _snapshot_json(snapshot))
         for event in events:
             args += _event_fields(event)
         return keys, args
@@ -260,7 +234,8 @@ def _event_fields(event: NewEvent) -> list[bytes | str | int]:
 
 
 def _without_xrange_parsing(client: redis.Redis) -> redis.Redis:
-    """A client on the same connection pool whose XRANGE replies stay flat ``[id, [field, value, ...]]``.
+    """A client on the same connection pool whose XRANGE replies stay flat ``[id, [field, value, ...]]``,
+    as script replies (load.lua) always are.
 
     redis-py would build a dict per entry; rebuilding reads every event of an account on every request,
     and decoding the flat list by position (the append script fixes the field order) is the cheaper path.
@@ -269,16 +244,11 @@ def _without_xrange_parsing(client: redis.Redis) -> redis.Redis:
         return client  # cluster clients route per node; they keep redis-py's dict parsing
     own = redis.Redis(connection_pool=client.connection_pool)
     own.set_response_callback("XRANGE", _identity)
-    own.set_response_callback("XREVRANGE", _identity)
     return own
 
 
 def _identity(response: Any, **options: Any) -> Any:
     return response
-
-
-def _entry_version(entry_id: bytes) -> int:
-    return int(entry_id.split(b"-", 1)[0])
 
 
 def _snapshot_json(state: Account) -> bytes:

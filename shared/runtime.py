@@ -33,8 +33,9 @@ def redis_client() -> redis.Redis:
 def service() -> AccountService:
     config = settings()
     store = RedisEventStore(redis_client(), KeySpace(config.key_prefix, config.partitions),
-                            config.idempotency_ttl_seconds, config.snapshot_interval)
-    return AccountService(store, max_attempts=config.command_max_attempts)
+                            config.idempotency_ttl_seconds)
+    return AccountService(store, max_attempts=config.command_max_attempts,
+                          snapshot_interval=config.snapshot_interval)
 
 
 def reset() -> None:

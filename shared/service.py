@@ -64,12 +64,13 @@ def utc_now() -> str:
 
 
 class AccountService:
-    def __init__(self, store: EventStore, *, max_attempts: int = 10,
+    def __init__(self, store: EventStore, *, max_attempts: int = 10, snapshot_interval: int = 0,
                  clock: Callable[[], str] = utc_now,
                  sleep: Callable[[float], None] = time.sleep,
                  new_id: Callable[[], str] = lambda: str(uuid.uuid4())) -> None:
         self._store = store
         self._max_attempts = max_attempts
+        self._snapshot_interval = snapshot_interval
         self._clock = clock
         self._sleep = sleep
         self._new_id = new_id
@@ -117,7 +118,8 @@ class AccountService:
             if context.idempotency_key is not None:
                 claim = Claim(context.idempotency_key, IdempotencyRecord(fingerprint, result.to_json()))
             expected = state.version
-            outcome = self._store.append(account_id, state.version, [event], claim, after)
+            outcome = self._store.append(account_id, state.version, [event], claim,
+                                         self._snapshot(loaded, after))
             if isinstance(outcome, Appended):
                 return result
             if isinstance(outcome, Duplicate):
@@ -135,6 +137,14 @@ class AccountService:
             if event.version > expected and event.event_id == event_id:
                 state = account.rebuild(account_id, self._store.read(account_id, 0, event.version))
                 return CommandResult(account_id, command.amount, state.balance, state.version)
+        return None
+
+    def _snapshot(self, loaded: Loaded, after: Account) -> Account | None:
+        """Keep a snapshot at every multiple of the interval, and whenever this load had to read more events
+        than the interval (history from before snapshots, or a raised interval), so the next one will not."""
+        interval = self._snapshot_interval
+        if interval and (after.version % interval == 0 or len(loaded.events) >= interval):
+            return after
         return None
 
     def _backoff(self, attempt: int) -> None:

@@ -43,7 +43,7 @@ class InMemoryEventStore:
         return events if limit is None else events[:limit]
 
     def append(self, account_id: str, expected_version: int, events: Sequence[NewEvent],
-               claim: Claim | None = None, after: Account | None = None) -> AppendOutcome:
+               claim: Claim | None = None, snapshot: Account | None = None) -> AppendOutcome:
         if not events:
             raise ValueError("append needs at least one event")
         with self._lock:

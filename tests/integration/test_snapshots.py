@@ -9,10 +9,11 @@ import pytest
 import redis
 
 from shared import account
-from shared.account import Account
+from shared.account import Account, Deposit
 from shared.errors import CorruptHistory
 from shared.event_store import Appended, RedisEventStore
 from shared.keys import KeySpace
+from shared.service import AccountService, CommandContext
 from tests.fakes import new_event
 
 
@@ -37,13 +38,14 @@ def grow(store: RedisEventStore, account_id: str, count: int) -> Account:
     for _ in range(count):
         event = new_event(account_id, "AccountOpened" if state.version == 0 else "FundsDeposited", 100)
         after = account.apply(state, event.type, event.data, state.version + 1, event.recorded_at)
-        assert store.append(account_id, state.version, [event], None, after) == Appended(after.version)
+        keep = after if after.version % 5 == 0 else None  # the service's policy, at interval 5
+        assert store.append(account_id, state.version, [event], None, keep) == Appended(after.version)
         state = after
     return state
 
 
 def test_a_load_reads_the_snapshot_and_what_came_after(client: redis.Redis, keys: KeySpace) -> None:
-    store = RedisEventStore(client, keys, 3600, snapshot_interval=5)
+    store = RedisEventStore(client, keys, 3600)
     final = grow(store, "acc", 23)
     loaded = store.load("acc")
     assert loaded.snapshot is not None and loaded.snapshot.version == 20
@@ -54,21 +56,14 @@ def test_a_load_reads_the_snapshot_and_what_came_after(client: redis.Redis, keys
 
 
 def test_exactly_at_a_snapshot(client: redis.Redis, keys: KeySpace) -> None:
-    store = RedisEventStore(client, keys, 3600, snapshot_interval=5)
+    store = RedisEventStore(client, keys, 3600)
     final = grow(store, "acc", 10)
     loaded = store.load("acc", "some-key")
     assert (loaded.snapshot, loaded.events, loaded.idempotency) == (final, [], None)
 
 
-@pytest.mark.parametrize("interval", [2, 50])
-def test_a_changed_interval_still_loads_the_whole_truth(client: redis.Redis, keys: KeySpace, interval: int) -> None:
-    final = grow(RedisEventStore(client, keys, 3600, snapshot_interval=5), "acc", 23)
-    loaded = RedisEventStore(client, keys, 3600, snapshot_interval=interval).load("acc")
-    assert account.rebuild("acc", loaded.events, loaded.snapshot) == final
-
-
 def test_a_missing_snapshot_falls_back_to_the_history(client: redis.Redis, keys: KeySpace) -> None:
-    store = RedisEventStore(client, keys, 3600, snapshot_interval=5)
+    store = RedisEventStore(client, keys, 3600)
     final = grow(store, "acc", 13)
     client.delete(keys.snapshot("acc"))
     loaded = store.load("acc")
@@ -76,15 +71,22 @@ def test_a_missing_snapshot_falls_back_to_the_history(client: redis.Redis, keys:
     assert account.rebuild("acc", loaded.events) == final
 
 
-def test_history_written_without_snapshots(client: redis.Redis, keys: KeySpace) -> None:
-    final = grow(RedisEventStore(client, keys, 3600), "acc", 12)
+def test_history_written_without_snapshots_loads_whole(client: redis.Redis, keys: KeySpace) -> None:
+    store = RedisEventStore(client, keys, 3600)
+    state = Account("acc")
+    for version in range(1, 13):
+        event = new_event("acc", "AccountOpened" if version == 1 else "FundsDeposited", 100)
+        state = account.apply(state, event.type, event.data, version, event.recorded_at)
+        store.append("acc", version - 1, [event])
+    final = state
     assert not client.exists(keys.snapshot("acc"))
-    loaded = RedisEventStore(client, keys, 3600, snapshot_interval=5).load("acc")
-    assert account.rebuild("acc", loaded.events, loaded.snapshot) == final
+    loaded = store.load("acc")
+    assert loaded.snapshot is None and len(loaded.events) == 12
+    assert account.rebuild("acc", loaded.events) == final
 
 
 def test_a_batch_crossing_the_interval_leaves_a_snapshot(client: redis.Redis, keys: KeySpace) -> None:
-    store = RedisEventStore(client, keys, 3600, snapshot_interval=5)
+    store = RedisEventStore(client, keys, 3600)
     state = grow(store, "acc", 3)
     batch = [new_event("acc") for _ in range(4)]
     after = account.rebuild("acc", [], state)
@@ -96,7 +98,7 @@ def test_a_batch_crossing_the_interval_leaves_a_snapshot(client: redis.Redis, ke
 
 
 def test_a_conflicting_append_writes_no_snapshot(client: redis.Redis, keys: KeySpace) -> None:
-    store = RedisEventStore(client, keys, 3600, snapshot_interval=5)
+    store = RedisEventStore(client, keys, 3600)
     state = grow(store, "acc", 4)
     bogus = Account("acc", 999_999, 5, state.opened_at, state.updated_at)
     store.append("acc", 3, [new_event("acc")], None, bogus)  # stale expected version: refused whole
@@ -104,8 +106,20 @@ def test_a_conflicting_append_writes_no_snapshot(client: redis.Redis, keys: KeyS
 
 
 def test_a_corrupt_snapshot_is_reported(client: redis.Redis, keys: KeySpace) -> None:
-    store = RedisEventStore(client, keys, 3600, snapshot_interval=5)
+    store = RedisEventStore(client, keys, 3600)
     grow(store, "acc", 6)
-    client.set(keys.snapshot("acc"), b"{not json")
+    client.hset(keys.snapshot("acc"), "state", b"{not json")
     with pytest.raises(CorruptHistory):
         store.load("acc")
+
+
+def test_the_service_gives_an_old_account_a_snapshot(client: redis.Redis, keys: KeySpace) -> None:
+    plain = RedisEventStore(client, keys, 3600)  # written before snapshots existed
+    plain.append("acc", 0, [new_event("acc", "AccountOpened")] + [new_event("acc") for _ in range(11)])
+    store = RedisEventStore(client, keys, 3600)
+    service = AccountService(store, snapshot_interval=5, sleep=lambda _: None)
+    result = service.execute("acc", Deposit(100), CommandContext("req"))
+    loaded = store.load("acc")
+    assert loaded.snapshot is not None and loaded.snapshot.version == result.version == 13
+    assert loaded.events == []
+    assert service.get("acc").balance == 1200

@@ -43,13 +43,13 @@ class Interleaving(InMemoryEventStore):
         self.intruders: list[Deposit | Withdraw] = []
 
     def append(self, account_id: str, expected_version: int, events: Sequence[NewEvent],
-               claim: Claim | None = None, after: Account | None = None) -> AppendOutcome:
+               claim: Claim | None = None, snapshot: Account | None = None) -> AppendOutcome:
         while self.intruders:
             command = self.intruders.pop()
             state = account.rebuild(account_id, self.streams[account_id])
             change = command.decide(state)
             super().append(account_id, state.version, [new_event(account_id, change.type, command.amount)])
-        return super().append(account_id, expected_version, events, claim, after)
+        return super().append(account_id, expected_version, events, claim, snapshot)
 
 
 def test_commands_update_the_balance(store: InMemoryEventStore) -> None:
@@ -79,7 +79,7 @@ def test_conflict_then_success_uses_the_new_version() -> None:
 
 class AlwaysConflicts(InMemoryEventStore):
     def append(self, account_id: str, expected_version: int, events: Sequence[NewEvent],
-               claim: Claim | None = None, after: Account | None = None) -> AppendOutcome:
+               claim: Claim | None = None, snapshot: Account | None = None) -> AppendOutcome:
         return Conflict(expected_version + 1)
 
 
@@ -119,8 +119,8 @@ class LosesFirstReply(InMemoryEventStore):
     lost = False
 
     def append(self, account_id: str, expected_version: int, events: Sequence[NewEvent],
-               claim: Claim | None = None, after: Account | None = None) -> AppendOutcome:
-        outcome = super().append(account_id, expected_version, events, claim, after)
+               claim: Claim | None = None, snapshot: Account | None = None) -> AppendOutcome:
+        outcome = super().append(account_id, expected_version, events, claim, snapshot)
         if not self.lost and expected_version == 2:
             self.lost = True
             return Conflict(expected_version + 1)
@@ -153,3 +153,27 @@ def test_reads(store: InMemoryEventStore) -> None:
         service.get("nobody")
     with pytest.raises(AccountNotFound):
         service.events("nobody", 0, 10)
+
+
+class RecordsSnapshots(InMemoryEventStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.snapshots: list[int] = []
+
+    def append(self, account_id: str, expected_version: int, events: Sequence[NewEvent],
+               claim: Claim | None = None, snapshot: Account | None = None) -> AppendOutcome:
+        if snapshot is not None:
+            self.snapshots.append(snapshot.version)
+        return super().append(account_id, expected_version, events, claim, snapshot)
+
+
+def test_snapshots_at_each_interval_and_after_a_long_read() -> None:
+    store = RecordsSnapshots()
+    service = AccountService(store, snapshot_interval=4, sleep=lambda _: None)
+    service.execute("acc", OpenAccount(), ctx())
+    for _ in range(8):
+        service.execute("acc", Deposit(1), ctx())
+    # The in-memory store returns the whole history on every load (it keeps no snapshots), so once the
+    # history is longer than the interval each write asks for one: the policy that heals old accounts.
+    assert store.snapshots == [4, 5, 6, 7, 8, 9]
+    assert AccountService(RecordsSnapshots(), sleep=lambda _: None).execute("b", OpenAccount(), ctx()).version == 1

@@ -1,0 +1,55 @@
+"""``python -m bench [name ...]``: run the benchmarks (all by default) and print a results table.
+
+Names: handler, http, store-size, history, append, cold-start, projector, lag. Each figure is printed next
+to the limit it is compared with, measured in the same run, and each run ends with a correctness check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import subprocess
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from bench import common, http_load, inprocess, projector_load
+
+BENCHMARKS: dict[str, Callable[[], Any]] = {
+    "handler": inprocess.handler_cost,
+    "http": http_load.http_throughput,
+    "store-size": inprocess.store_size_independence,
+    "history": inprocess.long_histories,
+    "append": inprocess.append_path,
+    "cold-start": inprocess.cold_start,
+    "projector": projector_load.backlog_throughput,
+    "lag": projector_load.end_to_end_lag,
+}
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as info:
+        cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    redis_version = subprocess.run(["redis-server", "--version"], capture_output=True, text=True,
+                                   check=False).stdout.split()[2:3]
+    return (f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, "
+            f"redis-server {''.join(redis_version).removeprefix('v=')}, MongoDB stand-in nx-27017")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", choices=[*BENCHMARKS, []], metavar="name",
+                        help=f"one or more of: {', '.join(BENCHMARKS)}")
+    args = parser.parse_args(argv)
+    for name in args.names or list(BENCHMARKS):
+        BENCHMARKS[name]()
+    print(f"\n## Results ({datetime.now(UTC):%Y-%m-%d}, {machine()})\n")
+    print(common.summary_table())
+    return 0 if all(r.passed for r in common.RESULTS) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
