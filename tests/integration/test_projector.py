@@ -378,3 +378,37 @@ def test_connect_uses_the_configured_database(mongo_standin: MongoStandIn, mongo
     model = ReadModel(connect(settings(mongo_standin.uri, mongo_db)), mongo_db, "elsewhere", 3)
     assert model.count() == 0
     model.ping()
+
+
+def test_redis_outage_backs_off_and_recovers(tmp_path: Path, mongo_standin: MongoStandIn, mongo_db: str) -> None:
+    from devstack.redis_server import RedisProcess
+    from shared.event_store import RedisEventStore
+    from tests.fakes import new_event
+
+    server = RedisProcess().start()
+    keys = KeySpace("outage", 4)
+    client = redis.Redis.from_url(server.url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    store = RedisEventStore(client, keys, 3600)
+    try:
+        store.append("acc", 0, [new_event("acc", "AccountOpened")])
+        projector = make_projector(client, keys, settings(mongo_standin.uri, mongo_db))
+        drain(projector)
+        server.stop()
+        runner = threading.Thread(target=projector.run)
+        runner.start()
+        time.sleep(1.0)
+        assert runner.is_alive()
+        assert not projector.health.redis_up
+        server.start()  # same port, empty (no persistence): the projector must recreate its groups
+        store.append("acc2", 0, [new_event("acc2", "AccountOpened")])
+        deadline = time.monotonic() + 20
+        while "acc2" not in read_model(mongo_standin.uri, mongo_db):
+            assert time.monotonic() < deadline, "projector did not recover from the Redis outage"
+            time.sleep(0.1)
+        assert projector.health.redis_up
+        projector.stop()
+        runner.join(10)
+        assert not runner.is_alive()
+    finally:
+        server.stop()
+        client.close()
