@@ -26,7 +26,7 @@ WITHDRAWN = "FundsWithdrawn"
 EVENT_TYPES = (OPENED, DEPOSITED, WITHDRAWN)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Account:
     id: str
     balance: int = 0
@@ -39,7 +39,7 @@ class Account:
         return self.version > 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Change:
     """What a command decided: an event type and its data, not yet versioned or stored."""
 
@@ -85,7 +85,7 @@ def _step(account_id: str, balance: int, version: int, event_type: str, data: Ev
     raise CorruptHistory(f"account {account_id}: unknown event type {event_type!r}")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class OpenAccount:
     name = "open"
     amount = 0
@@ -99,7 +99,7 @@ class OpenAccount:
         return self.name
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Deposit:
     amount: int
     name = "deposit"
@@ -117,7 +117,7 @@ class Deposit:
         return f"{self.name}:{self.amount}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Withdraw:
     amount: int
     name = "withdraw"

@@ -26,7 +26,7 @@ class ConfigError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Settings:
     """What the write side (handlers, gateway) needs."""
 
@@ -43,7 +43,7 @@ class Settings:
     log_level: str = "INFO"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ProjectorSettings:
     """What the projector needs beyond the write side's settings."""
 

@@ -9,10 +9,10 @@ record and the idempotency record.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any, Protocol
 
 import orjson
@@ -44,7 +44,7 @@ except ImportError:  # pragma: no cover
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class IdempotencyRecord:
     """What a first request with an idempotency key produced, as the service serialised it."""
 
@@ -52,7 +52,7 @@ class IdempotencyRecord:
     result: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Claim:
     """An idempotency key to record atomically with the events it produced."""
 
@@ -60,7 +60,7 @@ class Claim:
     record: IdempotencyRecord
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Loaded:
     """What a command needs: the events after ``snapshot`` (all of them if there is none)."""
 
@@ -75,17 +75,17 @@ class Loaded:
         return self.snapshot.version if self.snapshot else 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Appended:
     version: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Conflict:
     current_version: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Duplicate:
     record: IdempotencyRecord
 
@@ -140,8 +140,14 @@ def translate_unavailable() -> Iterator[None]:
         raise StoreUnavailable(f"Redis is unavailable: {type(exc).__name__}") from exc
 
 
-_APPEND_SCRIPT = resources.files("shared").joinpath("append.lua").read_text()
-_LOAD_SCRIPT = resources.files("shared").joinpath("load.lua").read_text()
+def _script(name: str) -> str:
+    # A plain file read: importlib.resources would add milliseconds to every Lambda cold start.
+    with open(os.path.join(os.path.dirname(__file__), name), encoding="utf-8") as source:
+        return source.read()
+
+
+_APPEND_SCRIPT = _script("append.lua")
+_LOAD_SCRIPT = _script("load.lua")
 _NEW_EVENT_FIELD_COUNT = 14  # seven field/value pairs per event, see _event_fields
 
 

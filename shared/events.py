@@ -16,7 +16,7 @@ SCHEMA_VERSION = 1
 EventData = dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Metadata:
     correlation_id: str
     causation_id: str
@@ -29,7 +29,7 @@ class Metadata:
         return orjson.dumps(body)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class NewEvent:
     """An event decided but not yet stored; the store assigns its version."""
 

@@ -56,7 +56,7 @@ def status_of(error: LedgerError) -> int:
     return 500
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ApiRequest:
     method: str
     path: str

@@ -18,7 +18,7 @@ import zlib
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class KeySpace:
     prefix: str
     partitions: int

@@ -29,7 +29,7 @@ from shared.event_store import Appended, Claim, Conflict, Duplicate, EventStore,
 from shared.events import Metadata, NewEvent, RecordedEvent
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class CommandContext:
     """Where a command came from, and the client's conditions on it."""
 
@@ -41,7 +41,7 @@ class CommandContext:
     if_match: tuple[int, ...] | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class CommandResult:
     account_id: str
     amount: int
