@@ -9,13 +9,13 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
+from devstack.process import spawn, terminate
 from devstack.redis_server import free_port
 
 
@@ -50,22 +50,10 @@ class MongoStandIn:
 
     def start(self, timeout: float = 20.0) -> MongoStandIn:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(command(self.port, self.data_dir), stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while not answers(self.uri, 200):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"nx-27017 did not start on port {self.port}; see {self.data_dir}")
-            time.sleep(0.05)
+        self.process = spawn(command(self.port, self.data_dir), lambda: answers(self.uri, 200), timeout,
+                             f"nx-27017 on port {self.port} (see {self.data_dir})")
         return self
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
         self.process = None

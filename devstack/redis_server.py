@@ -6,11 +6,12 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
+
+from devstack.process import spawn, terminate
 
 
 def answers(url: str, timeout: float = 0.5) -> bool:
@@ -48,27 +49,14 @@ class RedisProcess:
             raise FileNotFoundError("redis-server is not installed (Debian/Ubuntu: apt-get install redis-server)")
         self.workdir = tempfile.TemporaryDirectory(prefix="ledgerstream-redis-")
         log = Path(self.workdir.name) / "redis.log"
-        self.process = subprocess.Popen(
+        self.process = spawn(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", self.workdir.name, "--logfile", str(log), *extra_args],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + timeout
-        while not answers(self.url, 0.2):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"redis-server on port {self.port} did not start; see {log}")
-            time.sleep(0.05)
+            lambda: answers(self.url, 0.2), timeout, f"redis-server on port {self.port} (see {log})")
         return self
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
         self.process = None
         if self.workdir is not None:
             self.workdir.cleanup()
