@@ -3,7 +3,7 @@
 Starts what is not configured, then the HTTP gateway under gunicorn, with interleaved, prefixed logs
 (honcho); Ctrl-C stops everything. Embedded defaults:
 
-* Redis: ``REDIS_URL`` if set; otherwise a ``redis-server`` on 127.0.0.1:$DEV_REDIS_PORT (6399) with its
+* Redis: ``REDIS_URL`` if set; otherwise a ``redis-server`` on 127.0.0.1:$DEV_REDIS_PORT (6379) with its
   data (AOF) in ``.devstack/redis``, reused if one from an earlier run still answers there.
 * MongoDB: ``MONGODB_URI`` if set; otherwise the nx-27017 stand-in on 127.0.0.1:$DEV_MONGO_PORT (27017)
   with its data in ``.devstack/mongo``, reused if one still answers there.
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
     parser.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "2")))
-    parser.add_argument("--redis-port", type=int, default=int(os.environ.get("DEV_REDIS_PORT", "6399")))
+    parser.add_argument("--redis-port", type=int, default=int(os.environ.get("DEV_REDIS_PORT", "6379")))
     parser.add_argument("--mongo-port", type=int, default=int(os.environ.get("DEV_MONGO_PORT", "27017")))
     args = parser.parse_args(argv)
 
