@@ -69,3 +69,12 @@ def call(name: str, account_id: str | None = None, body: object = None, **option
 
 def body_of(response: dict[str, Any]) -> Any:
     return json.loads(response["body"])
+
+
+def tool(name: str) -> str | None:
+    """A console script of this environment (the venv running the tests) first, then one on the PATH."""
+    import shutil
+    import sys
+
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else shutil.which(name)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from openapi_spec_validator import validate
 
 from devstack.redis_server import free_port
 from gateway.routes import ROUTES
+from tests.apigw import tool
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,7 +46,7 @@ def test_every_write_documents_its_headers() -> None:
 
 @pytest.mark.slow
 def test_schemathesis_against_the_live_gateway(redis_url: str, key_prefix: str, redis_client: object) -> None:
-    st = shutil.which("st") or shutil.which("schemathesis")
+    st = tool("st") or tool("schemathesis")
     if st is None:
         pytest.fail("schemathesis is not installed; it is part of the dev extra")
     port = free_port()

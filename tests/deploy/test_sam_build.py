@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.apigw import make_event
+from tests.apigw import make_event, tool
 
 ROOT = Path(__file__).resolve().parents[2]
 FUNCTIONS = {
@@ -35,12 +34,13 @@ print(json.dumps(app.lambda_handler(event, None)))
 
 @pytest.fixture(scope="module")
 def build_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if shutil.which("sam") is None:
+    sam = tool("sam")
+    if sam is None:
         pytest.fail("sam (aws-sam-cli) is not installed; it is part of the dev extra")
     build = tmp_path_factory.mktemp("sam") / "build"
-    env = {**os.environ, "SAM_CLI_TELEMETRY": "0",
+    env = {**os.environ, "SAM_CLI_TELEMETRY": "0", "PYTHON": sys.executable,
            "LAYER_PYTHON_VERSION": f"{sys.version_info.major}.{sys.version_info.minor}"}
-    subprocess.run(["sam", "build", "--template-file", str(ROOT / "template.yaml"), "--build-dir", str(build)],
+    subprocess.run([sam, "build", "--template-file", str(ROOT / "template.yaml"), "--build-dir", str(build)],
                    cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
     return build
 
