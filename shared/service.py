@@ -133,7 +133,11 @@ class AccountService:
     def _find_landed(self, account_id: str, loaded: Loaded, expected: int, event_id: str,
                      command: Command) -> CommandResult | None:
         """Our own event, if an earlier attempt's append was applied although its reply never reached us."""
-        for event in loaded.events:
+        candidates = loaded.events
+        if loaded.snapshot is not None and loaded.snapshot.version > expected:
+            # That append may have written the snapshot too, hiding our event behind it: look past it.
+            candidates = self._store.read(account_id, expected)
+        for event in candidates:
             if event.version > expected and event.event_id == event_id:
                 state = account.rebuild(account_id, self._store.read(account_id, 0, event.version))
                 return CommandResult(account_id, command.amount, state.balance, state.version)

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import fakeredis
 import pytest
 import redis
 
 from shared import account
-from shared.account import Account, Deposit
+from shared.account import Account, Deposit, OpenAccount
 from shared.errors import CorruptHistory
-from shared.event_store import Appended, RedisEventStore
+from shared.event_store import Appended, AppendOutcome, Claim, Conflict, RedisEventStore
+from shared.events import NewEvent
 from shared.keys import KeySpace
 from shared.service import AccountService, CommandContext
 from tests.fakes import new_event
@@ -123,3 +124,31 @@ def test_the_service_gives_an_old_account_a_snapshot(client: redis.Redis, keys: 
     assert loaded.snapshot is not None and loaded.snapshot.version == result.version == 13
     assert loaded.events == []
     assert service.get("acc").balance == 1200
+
+
+class LosesOneReply(RedisEventStore):
+    """Applies the append to version ``at`` but reports a conflict, as a reply lost on the wire would."""
+
+    def __init__(self, client: redis.Redis, keys: KeySpace, at: int) -> None:
+        super().__init__(client, keys, 3600)
+        self.at = at
+
+    def append(self, account_id: str, expected_version: int, events: Sequence[NewEvent],
+               claim: Claim | None = None, snapshot: Account | None = None) -> AppendOutcome:
+        outcome = super().append(account_id, expected_version, events, claim, snapshot)
+        if expected_version + 1 == self.at:
+            self.at = -1
+            return Conflict(expected_version + 1)
+        return outcome
+
+
+def test_a_lost_reply_is_not_applied_twice_even_behind_a_snapshot(client: redis.Redis, keys: KeySpace) -> None:
+    store = LosesOneReply(client, keys, at=5)  # version 5 is also where the snapshot is written
+    service = AccountService(store, snapshot_interval=5, sleep=lambda _: None)
+    service.execute("acc", OpenAccount(), CommandContext("r0"))
+    for n in range(3):
+        service.execute("acc", Deposit(100), CommandContext(f"r{n + 1}"))
+    result = service.execute("acc", Deposit(7), CommandContext("r4"))
+    assert (result.version, result.balance) == (5, 307)
+    assert [e.version for e in store.read("acc")] == [1, 2, 3, 4, 5]
+    assert service.get("acc").balance == 307
