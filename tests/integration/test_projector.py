@@ -413,3 +413,25 @@ def test_redis_outage_backs_off_and_recovers(tmp_path: Path, mongo_standin: Mong
     finally:
         server.stop()
         client.close()
+
+
+def test_status_reports_an_unknown_lag_when_redis_cannot_tell(client: redis.Redis, live_env: KeySpace,
+                                                             mongo_standin: MongoStandIn, mongo_db: str,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from projector.__main__ import _status
+
+    call("create_account", "acct")
+    for _ in range(3):
+        call("deposit", "acct", {"amount": 1})
+    projector = make_projector(client, live_env, settings(mongo_standin.uri, mongo_db))
+    projector.consumer.ensure_groups()
+    projector.consumer.read(1, None)
+    partition = live_env.partition_of("acct")
+    log = live_env.partition_log(partition)
+    entries: Any = client.xrange(log)
+    client.xdel(log, entries[2][0])  # a deletion after the group's position: XINFO GROUPS reports lag as NULL
+    row = projector.consumer.status()[partition]
+    assert row.lag is None
+    assert _status(projector.consumer) == 0
+    line = capsys.readouterr().out.splitlines()[2 + partition].split()
+    assert line[:3] == [str(partition), "3", "unknown"]
