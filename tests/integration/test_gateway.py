@@ -89,3 +89,16 @@ def test_client_mistakes_are_4xx(client: FlaskClient) -> None:
 def test_health_routes(client: FlaskClient) -> None:
     assert client.get("/healthz").get_json() == {"status": "ok"}
     assert client.get("/readyz").get_json() == {"status": "ready"}
+
+
+def test_bad_configuration_stops_the_gateway_at_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared import runtime
+    from shared.config import ConfigError
+
+    monkeypatch.setenv("LEDGER_PARTITIONS", "zero")
+    runtime.reset()
+    try:
+        with pytest.raises(ConfigError, match="LEDGER_PARTITIONS"):
+            create_app()
+    finally:
+        runtime.reset()

@@ -331,6 +331,13 @@ def test_status_and_parked_commands(client: redis.Redis, live_env: KeySpace, red
     missing = subprocess.run([sys.executable, "-m", "projector", "show", "nobody"], env=env, capture_output=True,
                              text=True, check=False)
     assert missing.returncode == 1
+    rebuilt = subprocess.run([sys.executable, "-m", "projector", "rebuild", "--no-progress"], env=env,
+                             capture_output=True, text=True, check=True)
+    assert rebuilt.stdout.startswith("rebuilt 1 accounts from 1 events")
+    bad = subprocess.run([sys.executable, "-m", "projector", "status"], env={**env, "PROJECTOR_BATCH_SIZE": "lots"},
+                         capture_output=True, text=True, check=False)
+    assert bad.returncode == 2
+    assert "PROJECTOR_BATCH_SIZE" in bad.stderr and "Traceback" not in bad.stderr
     listing = subprocess.run([sys.executable, "-m", "projector", "parked", "list"], env=env, capture_output=True,
                              text=True, check=True)
     assert listing.stdout.strip().endswith("0 parked")
