@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,7 +87,6 @@ def _gunicorn(app: str, env: dict[str, str], workers: int, worker_class: str,
         env={**env, "GUNICORN_BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": str(workers),
              "GUNICORN_WORKER_CLASS": worker_class, "GUNICORN_THREADS": str(threads)})
     deadline = time.monotonic() + 20
-    import urllib.request
     probe = "/healthz" if "gateway" in app else "/noop"
     while True:
         try:
@@ -100,6 +100,18 @@ def _gunicorn(app: str, env: dict[str, str], workers: int, worker_class: str,
                 raise RuntimeError(f"gunicorn {app} did not start") from None
             time.sleep(0.1)
     return process, port
+
+
+def _measure(label: str, app: str, script: str, env: dict[str, str], setting: tuple[int, str, int],
+             connections: int, seconds: int, client: redis.Redis) -> Run:
+    """Start gunicorn with ``setting`` (workers, class, threads), drive it with wrk, stop it."""
+    workers, worker_class, threads = setting
+    process, port = _gunicorn(app, env, workers, worker_class, threads)
+    try:
+        return _wrk(label, port, script, connections, seconds, process.pid, client)
+    finally:
+        process.terminate()
+        process.wait(10)
 
 
 def _wrk(label: str, port: int, script: str, connections: int, seconds: int, pid: int,
@@ -133,34 +145,21 @@ def http_throughput(seconds: int = 10, connections: int = 32, matrix_seconds: in
         runs: list[Run] = []
         notes = []
         best: tuple[float, tuple[int, str, int]] | None = None
-        for workers, worker_class, threads in MATRIX:
-            process, port = _gunicorn("gateway:create_app()", env, workers, worker_class, threads)
-            try:
-                run = _wrk(f"{worker_class} w{workers} t{threads}", port, "mix.lua", connections, matrix_seconds,
-                           process.pid, client)
-            finally:
-                process.terminate()
-                process.wait(10)
+        for setting in MATRIX:
+            workers, worker_class, threads = setting
+            run = _measure(f"{worker_class} w{workers} t{threads}", "gateway:create_app()", "mix.lua", env,
+                           setting, connections, matrix_seconds, client)
             runs.append(run)
             notes.append(f"{run.label}: {run.ok / run.seconds:,.0f} ok/s, p99 {run.p99_ms:.1f} ms, "
                          f"{run.cpu_us_per_request:.0f} µs server CPU/request")
             if best is None or run.ok / run.seconds > best[0]:
-                best = (run.ok / run.seconds, (workers, worker_class, threads))
+                best = (run.ok / run.seconds, setting)
         assert best is not None
         workers, worker_class, threads = best[1]
-        process, port = _gunicorn("gateway:create_app()", env, workers, worker_class, threads)
-        try:
-            ours = _wrk("ours", port, "mix.lua", connections, seconds, process.pid, client)
-        finally:
-            process.terminate()
-            process.wait(10)
+        ours = _measure("ours", "gateway:create_app()", "mix.lua", env, best[1], connections, seconds, client)
         runs.append(ours)
-        process, port = _gunicorn("bench.noop_app:create_app()", env, workers, worker_class, threads)
-        try:
-            noop = _wrk("noop", port, "noop.lua", connections, seconds, process.pid, client)
-        finally:
-            process.terminate()
-            process.wait(10)
+        noop = _measure("noop", "bench.noop_app:create_app()", "noop.lua", env, best[1], connections, seconds,
+                        client)
         in_flight = _check(client, keys, ids, runs, connections)
     ratio = ours.rate / noop.rate
     notes = [f"chosen: gunicorn {worker_class}, {workers} workers, {threads} thread(s) (best of the matrix below)",
@@ -188,7 +187,7 @@ def _check(client: redis.Redis, keys: KeySpace, ids: list[str], runs: list[Run],
         for request_id in run.ids:
             assert request_id not in successes, f"request {request_id} answered twice"
         successes.update(dict.fromkeys(run.ids, 0))
-    in_flight = 0
+    in_flight = total_change = 0
     for account_id in ids:
         events = decode_entries(client.xrange(keys.stream(account_id)))
         assert [e.version for e in events] == list(range(1, len(events) + 1))
@@ -202,9 +201,10 @@ def _check(client: redis.Redis, keys: KeySpace, ids: list[str], runs: list[Run],
             balance += event.data["amount_minor"] if event.type == account.DEPOSITED else -event.data["amount_minor"]
             assert balance + 900 >= 0
         assert account.rebuild(account_id, events).balance == balance + 900
+        total_change += balance
     assert all(count == 1 for count in successes.values()), "a successful response is not in the streams once"
-    assert sum(r.deposits for r in runs) * 200 - sum(r.withdrawals for r in runs) * 100 <= sum(
-        account.rebuild(a, decode_entries(client.xrange(keys.stream(a)))).balance - 900 for a in ids) + in_flight * 100
+    answered = sum(r.deposits for r in runs) * 200 - sum(r.withdrawals for r in runs) * 100
+    assert answered <= total_change + in_flight * 100
     assert in_flight <= connections * len(runs), f"{in_flight} events without a response"
     with tempfile.TemporaryDirectory() as tmp:
         mongo = MongoStandIn(Path(tmp)).start()

@@ -228,7 +228,7 @@ class Projector:
     def _handle_failures(self, failed: list[tuple[LogEntry, str]], deferred: list[LogEntry],
                          claimed: set[EntryKey]) -> int:
         """Park what has been delivered ``max_deliveries`` times; the rest stays pending for a later claim."""
-        candidates = [(e, error) for e, error in failed]
+        candidates = list(failed)
         candidates += [(e, "gap: an earlier version of this account is missing")
                        for e in deferred if (e.partition, e.entry_id) in claimed]
         if not candidates:
