@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import statistics
-import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import redis
 
 from devstack.redis_server import RedisProcess
-from shared import runtime
-from shared.event_store import RedisEventStore
-from shared.events import Metadata, NewEvent
+from shared.event_store import Appended
 from shared.keys import KeySpace
+from shared.redis_store import RedisEventStore
+from tests.support.events import history
 
 
 @dataclass
@@ -63,51 +59,14 @@ def redis_server(*extra: str) -> Iterator[RedisProcess]:
         server.stop()
 
 
-@contextmanager
-def wired(url: str, prefix: str = "bench", partitions: int = 16) -> Iterator[None]:
-    """Point the handlers' per-process wiring at ``url``."""
-    saved = {k: os.environ.get(k) for k in ("REDIS_URL", "LEDGER_KEY_PREFIX", "LEDGER_PARTITIONS", "LOG_LEVEL")}
-    os.environ.update({"REDIS_URL": url, "LEDGER_KEY_PREFIX": prefix, "LEDGER_PARTITIONS": str(partitions),
-                       "LOG_LEVEL": "WARNING"})
-    runtime.reset()
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        runtime.reset()
-
-
-def event(account_id: str, event_type: str = "FundsDeposited", amount: int = 100) -> NewEvent:
-    return NewEvent(type=event_type, account_id=account_id,
-                    data={} if event_type == "AccountOpened" else {"amount_minor": amount},
-                    event_id=str(uuid.uuid4()), recorded_at="2026-11-28T12:00:00.000000Z",
-                    metadata=Metadata(correlation_id="bench", causation_id="bench"))
-
-
 def seed_accounts(client: redis.Redis, keys: KeySpace, ids: list[str], events_each: int,
                   chunk: int = 500) -> None:
     """Give every account ``events_each`` events (one open + deposits) through the real append script."""
     store = RedisEventStore(client, keys, 3600)
     for start in range(0, len(ids), chunk):
-        pipe = client.pipeline(transaction=False)
-        for account_id in ids[start:start + chunk]:
-            batch = [event(account_id, "AccountOpened")] + [event(account_id) for _ in range(events_each - 1)]
-            script_keys, args = store.script_arguments(account_id, 0, batch)
-            store.append_script(keys=script_keys, args=args, client=pipe)
-        pipe.execute()
-
-
-def timed(fn: Callable[[], Any], repeat: int) -> list[float]:
-    samples = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - started)
-    return samples
+        outcomes = store.append_many([(account_id, 0, history(account_id, events_each))
+                                      for account_id in ids[start:start + chunk]])
+        assert all(outcome == Appended(events_each) for outcome in outcomes), outcomes
 
 
 def median_us(samples: list[float]) -> float:

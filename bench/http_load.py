@@ -19,9 +19,9 @@ from bench.common import ROOT, Result, redis_server, report, seed_accounts
 from devstack.mongo_standin import MongoStandIn
 from devstack.redis_server import free_port
 from shared import account
-from shared.event_store import decode_entries
 from shared.keys import KeySpace
-from tests.integration.projector_support import assert_read_model_matches, drain, make_projector, settings
+from shared.stream_codec import decode_entries
+from tests.support.readmodel import assert_read_model_matches, drain, make_projector, settings
 
 ACCOUNTS = 100
 #: gunicorn settings tried before the measured run (worker class, count, threads). gevent is left out: it is

@@ -13,25 +13,27 @@ from typing import Any
 import orjson
 import redis
 
-from bench.common import ROOT, Result, event, median_us, redis_server, report, seed_accounts, wired
+from bench.common import ROOT, Result, median_us, redis_server, report, seed_accounts
 from functions.deposit.app import lambda_handler as deposit
 from shared import account, runtime
-from shared.event_store import RedisEventStore, decode_entries
 from shared.keys import KeySpace
-from tests.apigw import make_event
+from shared.redis_store import APPEND_LUA, LOAD_LUA, RedisEventStore, append_arguments
+from shared.stream_codec import decode_entries
+from tests.support.apigw import make_event
+from tests.support.environment import wired
+from tests.support.events import new_event
 
 
 def _deposit_events(ids: list[str]) -> list[dict[str, Any]]:
     return [make_event("deposit", account_id, {"amount": "1.00"}) for account_id in ids]
 
 
-def _bare_work(client: redis.Redis, store: RedisEventStore, keys: KeySpace,
-               ids: list[str]) -> list[tuple[str, list[str], list[Any]]]:
-    """Prebuilt script arguments: the bare path pays for XRANGE + decode + one script call, nothing else."""
+def _bare_work(keys: KeySpace, ids: list[str]) -> list[tuple[list[str], list[str], list[Any]]]:
+    """Prebuilt script arguments: the bare path pays for the load script + decode + the append script."""
     prepared = []
     for account_id in ids:
-        script_keys, args = store.script_arguments(account_id, 10, [event(account_id)])
-        prepared.append((keys.stream(account_id), script_keys, args))
+        script_keys, args = append_arguments(keys, 3600, account_id, 10, [new_event(account_id)])
+        prepared.append(([keys.stream(account_id), keys.snapshot(account_id)], script_keys, args))
     return prepared
 
 
@@ -43,19 +45,18 @@ def handler_cost(rounds: int = 2000) -> Result:
         ours_ids = [f"h{i}" for i in range(rounds + 200)]
         bare_ids = [f"r{i}" for i in range(rounds + 200)]
         seed_accounts(client, keys, ours_ids + bare_ids, 10)
-        store = RedisEventStore(client, keys, 3600)
         events = _deposit_events(ours_ids)
-        bare = _bare_work(client, store, keys, bare_ids)
-        script = store.append_script
+        bare = _bare_work(keys, bare_ids)
+        load, append = client.register_script(LOAD_LUA), client.register_script(APPEND_LUA)
 
         def run_ours(i: int) -> None:
             response = deposit(events[i], None)
             assert response["statusCode"] == 200, response
 
         def run_bare(i: int) -> None:
-            stream, script_keys, args = bare[i]
-            decode_entries(client.xrange(stream))
-            assert script(keys=script_keys, args=args)[0] == b"ok"
+            load_keys, append_keys, args = bare[i]
+            decode_entries(load(keys=load_keys)[1])
+            assert append(keys=append_keys, args=args)[0] == b"ok"
 
         for i in range(200):  # warm-up: connections, script cache, code paths
             run_ours(rounds + i)
@@ -80,7 +81,8 @@ def handler_cost(rounds: int = 2000) -> Result:
     return report(Result(
         "1. handler cost (deposit, 10-event account)",
         f"{median_us(ours):.0f} µs/request median (client CPU {ours_cpu / rounds * 1e6:.0f} µs)",
-        f"{median_us(raw):.0f} µs for XRANGE+decode+append script (client CPU {raw_cpu / rounds * 1e6:.0f} µs)",
+        f"{median_us(raw):.0f} µs for load script + decode + append script "
+        f"(client CPU {raw_cpu / rounds * 1e6:.0f} µs)",
         ratio, "≤ 2.0", ratio <= 2.0))
 
 
@@ -141,7 +143,7 @@ def long_histories(sizes: tuple[int, ...] = (1_000, 10_000), rounds: int = 40) -
         client = runtime.redis_client()
         keys = KeySpace("b4", 16)
         full = RedisEventStore(client, keys, 3600)
-        snapshotted = runtime.service()
+        snapshotted = runtime.dependencies().service
         interval = runtime.settings().snapshot_interval
         for size in sizes:
             account_id = f"long-{size}"
@@ -210,24 +212,25 @@ def append_path(threads: int = 16, seconds: float = 4.0) -> Result:
 
         def run(kind: str) -> tuple[int, list[str]]:
             store = RedisEventStore(client, keys, 3600)
+            script = client.register_script(APPEND_LUA)
             counts = [0] * threads
             ids = [f"{kind}-{n}" for n in range(threads)]
             for account_id in ids:
-                store.append(account_id, 0, [event(account_id, "AccountOpened")])
+                store.append(account_id, 0, [new_event(account_id, "AccountOpened")])
             stop = threading.Event()
             barrier = threading.Barrier(threads + 1)
 
             def worker(n: int) -> None:
                 account_id, version = ids[n], 1
-                prebuilt = event(account_id)
+                prebuilt = new_event(account_id)
                 barrier.wait()
                 while not stop.is_set():
                     if kind == "api":
                         outcome = store.append(account_id, version, [prebuilt])
                         assert outcome.version == version + 1  # type: ignore[union-attr]
                     else:
-                        script_keys, args = store.script_arguments(account_id, version, [prebuilt])
-                        assert store.append_script(keys=script_keys, args=args)[0] == b"ok"
+                        script_keys, args = append_arguments(keys, 3600, account_id, version, [prebuilt])
+                        assert script(keys=script_keys, args=args)[0] == b"ok"
                     version += 1
                     counts[n] += 1
 

@@ -13,15 +13,16 @@ from typing import Any
 import redis
 from pymongo import MongoClient, UpdateOne
 
-from bench.common import Result, percentile, redis_server, report, seed_accounts, wired
+from bench.common import Result, percentile, redis_server, report, seed_accounts
 from devstack.mongo_standin import MongoStandIn
 from functions.deposit.app import lambda_handler as deposit
 from projector.projection import AccountWrite
 from projector.read_model import ReadModel
 from shared import runtime
 from shared.keys import KeySpace
-from tests.apigw import make_event
-from tests.integration.projector_support import assert_read_model_matches, drain, make_projector, settings
+from tests.support.apigw import make_event
+from tests.support.environment import wired
+from tests.support.readmodel import assert_read_model_matches, drain, make_projector, settings
 
 
 def backlog_throughput(events: int = 100_000, accounts: int = 1_000) -> Result:

@@ -5,38 +5,37 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import Any
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
 from gateway.proxy import to_event, to_response
-from gateway.routes import ROUTES, Route
+from gateway.routes import ROUTES, GatewayRoute
 from shared import errors, runtime
-from shared.event_store import translate_unavailable
-from shared.http import json_response, problem_response
-
-Handler = Callable[[dict[str, Any], object], dict[str, Any]]
+from shared.api import Dependencies
+from shared.http import RouteHandler, json_response, problem_response, serve
 
 
-def create_app() -> Flask:
+def create_app(dependencies: Callable[[], Dependencies] = runtime.dependencies,
+               readiness: Callable[[], None] = runtime.check_ready) -> Flask:
+    """``dependencies`` and ``readiness`` default to the process's real wiring; tests pass their own."""
     settings = runtime.settings()  # fail at start-up, not on the first request, if the config is bad
     app = Flask("ledgerstream")
     # Bounded memory per request; the handler applies the same limit to report a 413 itself.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     for route in ROUTES:
-        _register(app, route)
+        _register(app, route, dependencies)
     app.add_url_rule("/healthz", "healthz", _healthz)
-    app.add_url_rule("/readyz", "readyz", _readyz)
+    app.add_url_rule("/readyz", "readyz", lambda: _readyz(readiness))
     app.register_error_handler(HTTPException, _http_error)
     return app
 
 
-def _register(app: Flask, route: Route) -> None:
-    handler: Handler = importlib.import_module(route.module).lambda_handler
+def _register(app: Flask, route: GatewayRoute, dependencies: Callable[[], Dependencies]) -> None:
+    handle: RouteHandler[Dependencies] = importlib.import_module(route.module).handle
 
     def view(**path_parameters: str) -> Response:
-        return to_response(handler(to_event(request, route, path_parameters), None))
+        return to_response(serve(to_event(request, route, path_parameters), handle, dependencies))
 
     app.add_url_rule(route.flask_rule, route.function, view, methods=[route.method])
 
@@ -46,11 +45,10 @@ def _healthz() -> Response:
     return to_response(json_response(200, {"status": "ok"}))
 
 
-def _readyz() -> Response:
+def _readyz(readiness: Callable[[], None]) -> Response:
     """Readiness: Redis answers, so requests can succeed."""
     try:
-        with translate_unavailable():
-            runtime.redis_client().ping()
+        readiness()
     except errors.StoreUnavailable as exc:
         return to_response(problem_response(exc))
     return to_response(json_response(200, {"status": "ready"}))

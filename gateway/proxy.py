@@ -12,10 +12,10 @@ from typing import Any
 
 from flask import Request, Response
 
-from gateway.routes import Route
+from gateway.routes import GatewayRoute
 
 
-def to_event(request: Request, route: Route, path_parameters: dict[str, str]) -> dict[str, Any]:
+def to_event(request: Request, route: GatewayRoute, path_parameters: dict[str, str]) -> dict[str, Any]:
     raw = request.get_data(cache=False)
     try:
         body: str | None = raw.decode("utf-8") if raw else None

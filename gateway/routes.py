@@ -7,21 +7,21 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True, slots=True)
-class Route:
+class GatewayRoute:
     method: str
     path: str  # API Gateway syntax: /accounts/{id}
     function: str  # the function's logical id in template.yaml
-    module: str  # the handler module; its lambda_handler serves the route
+    module: str  # the handler module: its `handle` serves the route, as its lambda_handler does on Lambda
 
     @property
     def flask_rule(self) -> str:
         return self.path.replace("{", "<").replace("}", ">")
 
 
-ROUTES: tuple[Route, ...] = (
-    Route("POST", "/accounts", "CreateAccountFunction", "functions.create_account.app"),
-    Route("GET", "/accounts/{id}", "GetAccountFunction", "functions.get_account.app"),
-    Route("POST", "/accounts/{id}/deposits", "DepositFunction", "functions.deposit.app"),
-    Route("POST", "/accounts/{id}/withdrawals", "WithdrawFunction", "functions.withdraw.app"),
-    Route("GET", "/accounts/{id}/events", "ListEventsFunction", "functions.list_events.app"),
+ROUTES: tuple[GatewayRoute, ...] = (
+    GatewayRoute("POST", "/accounts", "CreateAccountFunction", "functions.create_account.app"),
+    GatewayRoute("GET", "/accounts/{id}", "GetAccountFunction", "functions.get_account.app"),
+    GatewayRoute("POST", "/accounts/{id}/deposits", "DepositFunction", "functions.deposit.app"),
+    GatewayRoute("POST", "/accounts/{id}/withdrawals", "WithdrawFunction", "functions.withdraw.app"),
+    GatewayRoute("GET", "/accounts/{id}/events", "ListEventsFunction", "functions.list_events.app"),
 )

@@ -12,21 +12,21 @@ from types import FrameType
 
 from projector import health, maintenance
 from projector.consumer import PartitionConsumer
-from projector.read_model import ReadModel, connect
+from projector.read_model import ReadModel, connect_mongo
 from projector.worker import Projector
 from shared import logs
 from shared.config import ConfigError, ProjectorSettings, Settings, load_projector_settings, load_settings
-from shared.event_store import connect as connect_redis
 from shared.keys import KeySpace
+from shared.redis_client import build_client
 
 
 def build(settings: Settings, projector_settings: ProjectorSettings) -> tuple[PartitionConsumer, ReadModel]:
     # A blocking XREADGROUP holds the socket for block_ms, so the read timeout must outlast it.
     timeout = settings.redis_timeout_seconds + projector_settings.block_ms / 1000
-    client = connect_redis(dataclasses.replace(settings, redis_timeout_seconds=timeout))
+    client = build_client(dataclasses.replace(settings, redis_timeout_seconds=timeout))
     consumer = PartitionConsumer(client, KeySpace(settings.key_prefix, settings.partitions),
                                  projector_settings.group, projector_settings.consumer)
-    model = ReadModel(connect(projector_settings), projector_settings.mongodb_database,
+    model = ReadModel(connect_mongo(projector_settings), projector_settings.mongodb_database,
                       projector_settings.mongodb_collection, projector_settings.timestamps_kept)
     return consumer, model
 

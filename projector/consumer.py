@@ -17,8 +17,8 @@ from redis.exceptions import ResponseError
 
 from projector.projection import LogEntry
 from shared.errors import CorruptHistory
-from shared.event_store import decode_fields
 from shared.keys import KeySpace
+from shared.stream_codec import decode_mapping
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +92,7 @@ class PartitionConsumer:
                 vanished.append(entry_id)
                 continue
             try:
-                result.append(LogEntry(partition, entry_id, fields, decode_fields(fields)))
+                result.append(LogEntry(partition, entry_id, fields, decode_mapping(fields)))
             except CorruptHistory as exc:
                 result.append(LogEntry(partition, entry_id, fields, None, exc.detail))
         if vanished:

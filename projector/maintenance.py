@@ -15,7 +15,7 @@ from projector.projection import LogEntry
 from projector.read_model import ReadModel
 from shared.account import Account
 from shared.errors import CorruptHistory
-from shared.event_store import decode_fields
+from shared.stream_codec import decode_mapping
 
 log = logging.getLogger("ledgerstream.projector")
 _SCAN_COUNT = 5_000
@@ -98,7 +98,7 @@ def replay_parked(consumer: PartitionConsumer, model: ReadModel, partitions: lis
     for item in parked:
         fields = {k: v for k, v in item.fields.items() if k not in _PARKING_FIELDS}
         try:
-            event = decode_fields(fields)
+            event = decode_mapping(fields)
         except CorruptHistory as exc:
             entries.append(LogEntry(item.partition, item.original_id, fields, None, exc.detail))
         else:

@@ -87,7 +87,7 @@ def _plan_account(result: Plan, state: Account, group: list[LogEntry]) -> None:
             result.deferred.append(entry)
         else:
             try:
-                state = account.apply(state, event.type, event.data, event.version, event.recorded_at)
+                state = account.apply_recorded(state, event)
             except CorruptHistory as exc:
                 result.failed.append((entry, exc.detail))
                 blocked = exc.detail
@@ -110,8 +110,7 @@ def fold(events: Iterable[RecordedEvent], states: dict[str, Account]) -> list[tu
         if event.version <= state.version:
             continue
         try:
-            states[event.account_id] = account.apply(state, event.type, event.data, event.version,
-                                                     event.recorded_at)
+            states[event.account_id] = account.apply_recorded(state, event)
         except CorruptHistory as exc:
             refused.append((event, exc.detail))
     return refused

@@ -39,14 +39,14 @@ class MongoUnavailable(Exception):
 
 
 @contextmanager
-def translate_unavailable() -> Iterator[None]:
+def mongo_unavailable_as_error() -> Iterator[None]:
     try:
         yield
     except (ConnectionFailure, WTimeoutError) as exc:  # includes AutoReconnect, timeouts, not-primary
         raise MongoUnavailable(f"MongoDB is unavailable: {type(exc).__name__}") from exc
 
 
-def connect(settings: ProjectorSettings) -> MongoClient[Document]:
+def connect_mongo(settings: ProjectorSettings) -> MongoClient[Document]:
     timeout = settings.mongodb_timeout_ms
     return MongoClient(settings.mongodb_uri, serverSelectionTimeoutMS=timeout, connectTimeoutMS=timeout,
                        socketTimeoutMS=timeout * 2, retryWrites=True, tz_aware=True)
@@ -68,14 +68,14 @@ class ReadModel:
         return ReadModel(self._client, self._db.name, collection, self._kept)
 
     def ping(self) -> None:
-        with translate_unavailable():
+        with mongo_unavailable_as_error():
             self._client.admin.command("ping")
 
     def current(self, account_ids: Iterable[str]) -> dict[str, Account]:
         ids = list(set(account_ids))
         if not ids:
             return {}
-        with translate_unavailable():
+        with mongo_unavailable_as_error():
             found = self._collection.find({"_id": {"$in": ids}},
                                           {"balance_minor": 1, "version": 1, "created_at": 1, "updated_at": 1})
             return {doc["_id"]: _state(doc) for doc in found}
@@ -87,7 +87,7 @@ class ReadModel:
             return set(), {}
         ops = [self._operation(w) for w in writes]
         errors: dict[str, str] = {}
-        with translate_unavailable():
+        with mongo_unavailable_as_error():
             try:
                 result = self._collection.bulk_write(ops, ordered=False)
                 complete = result.inserted_count + result.matched_count == len(ops)
@@ -120,13 +120,13 @@ class ReadModel:
     # --- rebuild (blue/green) ---
 
     def recreate(self) -> None:
-        with translate_unavailable():
+        with mongo_unavailable_as_error():
             self._collection.drop()
 
     def insert(self, states: Iterable[Account], timestamps: Mapping[str, list[str]], chunk: int = 1000) -> int:
         count = 0
         batch: list[Document] = []
-        with translate_unavailable():
+        with mongo_unavailable_as_error():
             for state in states:
                 batch.append(document(state, timestamps.get(state.id, [])[-self._kept:]))
                 if len(batch) >= chunk:
@@ -139,7 +139,7 @@ class ReadModel:
         return count
 
     def count(self) -> int:
-        with translate_unavailable():
+        with mongo_unavailable_as_error():
             return self._collection.count_documents({})
 
     def replace_with(self, built: ReadModel) -> None:
@@ -151,7 +151,7 @@ class ReadModel:
         live one unless the live one is newer (the live projector kept going), so readers always see every
         account, each either as it was or as rebuilt.
         """
-        with translate_unavailable():
+        with mongo_unavailable_as_error():
             if self._renames_atomically():
                 built._collection.rename(self.name, dropTarget=True)
                 return
@@ -194,11 +194,11 @@ class ReadModel:
                 raise
 
     def find(self, account_id: str) -> Document | None:
-        with translate_unavailable():
+        with mongo_unavailable_as_error():
             return self._collection.find_one({"_id": account_id})
 
     def documents(self) -> dict[str, Document]:
-        with translate_unavailable():
+        with mongo_unavailable_as_error():
             return {doc["_id"]: doc for doc in self._collection.find({})}
 
 

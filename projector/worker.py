@@ -20,7 +20,7 @@ from projector.consumer import PartitionConsumer
 from projector.projection import LogEntry
 from projector.read_model import MongoUnavailable, ReadModel
 from shared.config import ProjectorSettings
-from shared.event_store import UNAVAILABLE_ERRORS
+from shared.redis_client import UNAVAILABLE_ERRORS
 
 log = logging.getLogger("ledgerstream.projector")
 

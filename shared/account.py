@@ -1,14 +1,17 @@
 """The account aggregate: rebuilt from its events, it decides what may happen next. Pure: no I/O.
 
-Balances and amounts are integer minor units (see ``money.py``). A decision returns the event type and
-data to record; ``apply`` is the single fold step used both to rebuild and to evolve after a decision,
-so the state a response reports is exactly what a later rebuild will see.
+Balances and amounts are integer minor units (see ``money.py``). A command's ``decide`` returns a typed
+domain event (``AccountOpened``, ``FundsDeposited``, ``FundsWithdrawn``) or raises a named domain error.
+``_step`` is the single fold step behind both ``apply`` (a decision, typed) and ``rebuild`` / ``apply_recorded``
+(stored events, as the store decodes them), so the state a response reports is exactly what a later
+rebuild will see.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import ClassVar
 
 from shared.errors import (
     AccountAlreadyExists,
@@ -23,10 +26,9 @@ from shared.money import MAX_BALANCE_MINOR, format_minor
 OPENED = "AccountOpened"
 DEPOSITED = "FundsDeposited"
 WITHDRAWN = "FundsWithdrawn"
-EVENT_TYPES = (OPENED, DEPOSITED, WITHDRAWN)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Account:
     id: str
     balance: int = 0
@@ -39,15 +41,48 @@ class Account:
         return self.version > 0
 
 
-@dataclass(frozen=True)
-class Change:
-    """What a command decided: an event type and its data, not yet versioned or stored."""
+# --- domain events: what a decision produces, before it has a version or an envelope ---
 
-    type: str
-    data: EventData
+@dataclass(frozen=True, slots=True)
+class AccountOpened:
+    type: ClassVar[str] = OPENED
+
+    def data(self) -> EventData:
+        return {}
 
 
-def apply(account: Account, event_type: str, data: EventData, version: int, at: str) -> Account:
+@dataclass(frozen=True, slots=True)
+class FundsDeposited:
+    amount_minor: int
+    type: ClassVar[str] = DEPOSITED
+
+    def data(self) -> EventData:
+        return {"amount_minor": self.amount_minor}
+
+
+@dataclass(frozen=True, slots=True)
+class FundsWithdrawn:
+    amount_minor: int
+    type: ClassVar[str] = WITHDRAWN
+
+    def data(self) -> EventData:
+        return {"amount_minor": self.amount_minor}
+
+
+DomainEvent = AccountOpened | FundsDeposited | FundsWithdrawn
+
+
+def apply(account: Account, event: DomainEvent, version: int, at: str) -> Account:
+    """The account after a decided ``event``, recorded as ``version`` at ``at``."""
+    return _evolve(account, event.type, event.data(), version, at)
+
+
+def apply_recorded(account: Account, event: RecordedEvent) -> Account:
+    """The account after one stored event (the projector's fold step)."""
+    return _evolve(account, event.type, event.data, event.version, event.recorded_at)
+
+
+def _evolve(account: Account, event_type: str, data: EventData, version: int, at: str) -> Account:
     balance = _step(account.id, account.balance, account.version, event_type, data, version)
     opened_at = at if event_type == OPENED else account.opened_at
     return Account(account.id, balance, version, opened_at, at)
@@ -85,56 +120,58 @@ def _step(account_id: str, balance: int, version: int, event_type: str, data: Ev
     raise CorruptHistory(f"account {account_id}: unknown event type {event_type!r}")
 
 
-@dataclass(frozen=True)
-class OpenAccount:
-    name = "open"
-    amount = 0
+# --- commands: each decides one domain event against the current state ---
 
-    def decide(self, account: Account) -> Change:
+@dataclass(frozen=True, slots=True)
+class OpenAccount:
+    def decide(self, account: Account) -> AccountOpened:
         if account.exists:
             raise AccountAlreadyExists(f"account {account.id} already exists")
-        return Change(OPENED, {})
+        return AccountOpened()
 
     def fingerprint(self) -> str:
-        return self.name
+        return "open"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Deposit:
     amount: int
-    name = "deposit"
 
-    def decide(self, account: Account) -> Change:
+    def decide(self, account: Account) -> FundsDeposited:
         _require_open(account)
         if account.balance + self.amount > MAX_BALANCE_MINOR:
             raise BalanceLimitExceeded(
                 f"a deposit of {format_minor(self.amount)} would take the balance past "
                 f"{format_minor(MAX_BALANCE_MINOR)}"
             )
-        return Change(DEPOSITED, {"amount_minor": self.amount})
+        return FundsDeposited(self.amount)
 
     def fingerprint(self) -> str:
-        return f"{self.name}:{self.amount}"
+        return f"deposit:{self.amount}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Withdraw:
     amount: int
-    name = "withdraw"
 
-    def decide(self, account: Account) -> Change:
+    def decide(self, account: Account) -> FundsWithdrawn:
         _require_open(account)
         if self.amount > account.balance:
             raise InsufficientFunds(
                 f"cannot withdraw {format_minor(self.amount)}: the balance is {format_minor(account.balance)}"
             )
-        return Change(WITHDRAWN, {"amount_minor": self.amount})
+        return FundsWithdrawn(self.amount)
 
     def fingerprint(self) -> str:
-        return f"{self.name}:{self.amount}"
+        return f"withdraw:{self.amount}"
 
 
 Command = OpenAccount | Deposit | Withdraw
+
+
+def amount_of(event: DomainEvent) -> int | None:
+    """The money an event moved, if any."""
+    return None if isinstance(event, AccountOpened) else event.amount_minor
 
 
 def _require_open(account: Account) -> None:

@@ -1,14 +1,26 @@
-"""Request-to-command helpers shared by the route handlers, so each handler stays a few lines."""
+"""What every route shares: its dependencies, and the request-to-command helpers that keep handlers short."""
 
 from __future__ import annotations
 
-from shared import runtime, validation
+from dataclasses import dataclass
+
+from shared import validation
+from shared.config import Settings
 from shared.http import ApiRequest
-from shared.service import CommandContext
+from shared.service import AccountService, CommandContext
 
 
-def body_fields(request: ApiRequest, *names: str) -> list[object]:
-    body = request.json_object(runtime.settings().max_body_bytes)
+@dataclass(frozen=True, slots=True)
+class Dependencies:
+    """What a route needs, handed in by its ``lambda_handler``: built once per process by ``runtime.py``,
+    or by a test around an in-memory store."""
+
+    service: AccountService
+    settings: Settings
+
+
+def body_fields(request: ApiRequest, settings: Settings, *names: str) -> list[object]:
+    body = request.json_object(settings.max_body_bytes)
     return validation.fields(body, names)
 
 

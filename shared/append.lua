@@ -6,7 +6,8 @@
 -- ARGV[1] expected version  ARGV[2] number of events
 -- ARGV[3] request fingerprint  ARGV[4] result to replay  ARGV[5] idempotency TTL in seconds
 -- ARGV[6] snapshot of the state after these events (JSON), or "" for none
--- ARGV[7...] per event: a field count k, then k field/value items
+-- ARGV[7...] per event: an item count k, then k field/value items in the order of
+--            shared/stream_codec.py, whose first pair is the version with an empty value: filled in here
 --
 -- Replies: {"ok", new version} | {"conflict", current version} | {"duplicate", fingerprint, result}
 
@@ -26,15 +27,16 @@ local version = current
 local at = 7
 for _ = 1, tonumber(ARGV[2]) do
   local count = tonumber(ARGV[at])
-  local fields = {}
+  local items = {}
   for i = 1, count do
-    fields[i] = ARGV[at + i]
+    items[i] = ARGV[at + i]
   end
   at = at + count + 1
   version = version + 1
+  items[2] = version
   -- The entry id is the version, so XRANGE can seek straight to any version.
-  redis.call('XADD', KEYS[1], version .. '-0', 'version', version, unpack(fields))
-  redis.call('XADD', KEYS[3], '*', 'version', version, unpack(fields))
+  redis.call('XADD', KEYS[1], version .. '-0', unpack(items))
+  redis.call('XADD', KEYS[3], '*', unpack(items))
 end
 redis.call('SET', KEYS[2], version)
 

@@ -1,6 +1,5 @@
-"""Event envelopes: what the domain decides (``NewEvent``) and what the store gives back (``RecordedEvent``).
-
-Pure data, no I/O. The field names here are the field names stored in each Redis stream entry.
+"""Event envelopes: a decided event ready to store (``NewEvent``) and what the store gives back
+(``RecordedEvent``). Pure data, no I/O; ``stream_codec.py`` maps them to stream entries and back.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ SCHEMA_VERSION = 1
 EventData = dict[str, Any]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Metadata:
     correlation_id: str
     causation_id: str
@@ -29,7 +28,7 @@ class Metadata:
         return orjson.dumps(body)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NewEvent:
     """An event decided but not yet stored; the store assigns its version."""
 

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from shared import errors
 from shared.errors import LedgerError
@@ -150,17 +150,22 @@ def problem_response(error: LedgerError, request: ApiRequest | None = None) -> P
             "isBase64Encoded": False}
 
 
-Route = Callable[[ApiRequest], ProxyResponse]
+Deps = TypeVar("Deps")
+RouteHandler = Callable[[ApiRequest, Deps], ProxyResponse]
 
 
-def serve(event: ProxyEvent, route: Route) -> ProxyResponse:
-    """Run one route for one API Gateway event. Never raises; never leaks a stack trace."""
+def serve(event: ProxyEvent, route: RouteHandler[Deps], dependencies: Callable[[], Deps]) -> ProxyResponse:
+    """Run one route for one API Gateway event. Never raises; never leaks a stack trace.
+
+    ``dependencies`` is called inside the error handling, so wiring that fails (Redis unreachable while the
+    client is built) is answered like any other failure, with a problem response.
+    """
     started = time.perf_counter()
     request: ApiRequest | None = None
     code = "ok"
     try:
         request = ApiRequest.from_event(event)
-        response = route(request)
+        response = route(request, dependencies())
     except LedgerError as exc:
         code = exc.code
         response = problem_response(exc, request)

@@ -31,7 +31,7 @@ def created_body(result: CommandResult) -> dict[str, Any]:
 def movement_body(result: CommandResult) -> dict[str, Any]:
     return {
         "id": result.account_id,
-        "amount": format_minor(result.amount),
+        "amount": format_minor(result.amount or 0),
         "funds": format_minor(result.balance),
         "version": result.version,
     }

@@ -1,7 +1,9 @@
-"""Per-process wiring: settings, one Redis connection pool and the service, built on first use.
+"""The composition root: settings, one Redis client and the service, built once per process on first use.
 
 This is state about *connections*, never about accounts: every request still rebuilds its account from
 Redis. Lambda reuses it across invocations of a warm container; gunicorn workers each build their own.
+Only entry points (each ``lambda_handler``, the gateway factory, the projector's ``__main__``) call this
+module; everything below them receives what it needs as arguments.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ from functools import cache
 import redis
 
 from shared import logs
+from shared.api import Dependencies
 from shared.config import Settings, load_settings
-from shared.event_store import RedisEventStore, connect
 from shared.keys import KeySpace
+from shared.redis_client import build_client, unavailable_as_store_error
+from shared.redis_store import RedisEventStore
 from shared.service import AccountService
 
 
@@ -26,20 +30,31 @@ def settings() -> Settings:
 
 @cache
 def redis_client() -> redis.Redis:
-    return connect(settings())
+    # A cluster client discovers the topology while it is built: an unreachable cluster is a 503 like any
+    # other Redis outage, and the next request tries again (a failed build is not cached).
+    with unavailable_as_store_error():
+        return build_client(settings())
 
 
 @cache
-def service() -> AccountService:
+def dependencies() -> Dependencies:
     config = settings()
     store = RedisEventStore(redis_client(), KeySpace(config.key_prefix, config.partitions),
                             config.idempotency_ttl_seconds)
-    return AccountService(store, max_attempts=config.command_max_attempts,
-                          snapshot_interval=config.snapshot_interval)
+    service = AccountService(store, max_attempts=config.command_max_attempts,
+                             snapshot_interval=config.snapshot_interval)
+    return Dependencies(service, config)
 
 
 def reset() -> None:
     """Forget the wiring (tests change the environment between cases)."""
     settings.cache_clear()
     redis_client.cache_clear()
-    service.cache_clear()
+    dependencies.cache_clear()
+
+
+def check_ready() -> None:
+    """Readiness: Redis answers. Raises ``StoreUnavailable`` when it does not."""
+    client = redis_client()
+    with unavailable_as_store_error():
+        client.ping()

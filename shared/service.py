@@ -18,35 +18,39 @@ from datetime import UTC, datetime
 import orjson
 
 from shared import account
-from shared.account import Account, Command
-from shared.errors import (
-    AccountNotFound,
-    IdempotencyKeyReused,
-    PreconditionFailed,
-    VersionConflict,
+from shared.account import Account, Command, DomainEvent
+from shared.errors import AccountNotFound, IdempotencyKeyReused, VersionConflict
+from shared.event_store import (
+    Appended,
+    Conflict,
+    Duplicate,
+    EventStore,
+    IdempotencyRecord,
+    IdempotencyWrite,
+    Loaded,
 )
-from shared.event_store import Appended, Claim, Conflict, Duplicate, EventStore, IdempotencyRecord, Loaded
 from shared.events import Metadata, NewEvent, RecordedEvent
+from shared.preconditions import IfMatch
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CommandContext:
     """Where a command came from, and the client's conditions on it."""
 
     request_id: str
     correlation_id: str | None = None
     idempotency_key: str | None = None
-    #: From If-Match: the write happens only if the account is at one of these versions.
-    #: ``()`` means "any existing version" (``If-Match: *``); ``None`` means no condition.
-    if_match: tuple[int, ...] | None = None
+    if_match: IfMatch | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CommandResult:
+    """The outcome of a command: the account after it, and the money it moved (None when it moved none)."""
+
     account_id: str
-    amount: int
     balance: int
     version: int
+    amount: int | None = None
     replayed: bool = False
 
     def to_json(self) -> str:
@@ -56,7 +60,7 @@ class CommandResult:
     @classmethod
     def from_json(cls, text: str) -> CommandResult:
         raw = orjson.loads(text)
-        return cls(raw["account_id"], raw["amount"], raw["balance"], raw["version"], replayed=True)
+        return cls(raw["account_id"], raw["balance"], raw["version"], raw["amount"] or None, replayed=True)
 
 
 def utc_now() -> str:
@@ -89,7 +93,8 @@ class AccountService:
         return events
 
     def execute(self, account_id: str, command: Command, context: CommandContext) -> CommandResult:
-        fingerprint = _fingerprint(account_id, command)
+        # Fingerprints exist only to compare a retry with its original, so only requests with a key pay.
+        fingerprint = _fingerprint(account_id, command) if context.idempotency_key is not None else ""
         # One event id for every attempt: if an append's reply is lost and Redis did apply it, the next
         # load finds this id in the history and we answer with that outcome instead of appending again.
         event_id = self._new_id()
@@ -99,26 +104,27 @@ class AccountService:
             if loaded.idempotency is not None:
                 return _replay(loaded.idempotency, fingerprint, context)
             if expected is not None:
-                landed = self._find_landed(account_id, loaded, expected, event_id, command)
+                landed = self._find_landed(account_id, loaded, expected, event_id)
                 if landed is not None:
                     return landed
             state = account.rebuild(account_id, loaded.events, loaded.snapshot)
-            _check_precondition(state, context)
-            change = command.decide(state)
+            if context.if_match is not None:
+                context.if_match.check(state)
+            decided: DomainEvent = command.decide(state)
             at = self._clock()
-            new_version = state.version + 1
-            after = account.apply(state, change.type, change.data, new_version, at)
-            result = CommandResult(account_id, command.amount, after.balance, new_version)
+            after = account.apply(state, decided, state.version + 1, at)
+            result = CommandResult(account_id, after.balance, after.version, account.amount_of(decided))
             event = NewEvent(
-                type=change.type, account_id=account_id, data=change.data, event_id=event_id, recorded_at=at,
+                type=decided.type, account_id=account_id, data=decided.data(), event_id=event_id, recorded_at=at,
                 metadata=Metadata(correlation_id=context.correlation_id or context.request_id,
                                   causation_id=context.request_id, idempotency_key=context.idempotency_key),
             )
-            claim = None
+            idempotency = None
             if context.idempotency_key is not None:
-                claim = Claim(context.idempotency_key, IdempotencyRecord(fingerprint, result.to_json()))
+                idempotency = IdempotencyWrite(context.idempotency_key,
+                                               IdempotencyRecord(fingerprint, result.to_json()))
             expected = state.version
-            outcome = self._store.append(account_id, state.version, [event], claim,
+            outcome = self._store.append(account_id, state.version, [event], idempotency,
                                          self._snapshot(loaded, after))
             if isinstance(outcome, Appended):
                 return result
@@ -130,8 +136,7 @@ class AccountService:
             f"account {account_id} changed concurrently {self._max_attempts} times; retry the request"
         )
 
-    def _find_landed(self, account_id: str, loaded: Loaded, expected: int, event_id: str,
-                     command: Command) -> CommandResult | None:
+    def _find_landed(self, account_id: str, loaded: Loaded, expected: int, event_id: str) -> CommandResult | None:
         """Our own event, if an earlier attempt's append was applied although its reply never reached us."""
         candidates = loaded.events
         if loaded.snapshot is not None and loaded.snapshot.version > expected:
@@ -140,7 +145,8 @@ class AccountService:
         for event in candidates:
             if event.version > expected and event.event_id == event_id:
                 state = account.rebuild(account_id, self._store.read(account_id, 0, event.version))
-                return CommandResult(account_id, command.amount, state.balance, state.version)
+                moved = event.data.get("amount_minor")
+                return CommandResult(account_id, state.balance, state.version, moved)
         return None
 
     def _snapshot(self, loaded: Loaded, after: Account) -> Account | None:
@@ -166,18 +172,3 @@ def _replay(record: IdempotencyRecord, fingerprint: str, context: CommandContext
             f"Idempotency-Key {context.idempotency_key!r} was already used for a different request"
         )
     return CommandResult.from_json(record.result)
-
-
-def _check_precondition(state: Account, context: CommandContext) -> None:
-    if context.if_match is None:
-        return
-    if not state.exists:  # RFC 9110: If-Match fails when there is no current representation
-        raise PreconditionFailed(f"account {state.id} does not exist, so If-Match cannot match")
-    if context.if_match and state.version not in context.if_match:
-        raise PreconditionFailed(
-            f"account {state.id} is at version {state.version}, not {_versions(context.if_match)}"
-        )
-
-
-def _versions(versions: tuple[int, ...]) -> str:
-    return " or ".join(str(v) for v in versions)

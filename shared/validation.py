@@ -6,6 +6,7 @@ import re
 from collections.abc import Mapping
 
 from shared.errors import InvalidAccountId, InvalidBody, InvalidHeader, InvalidQuery, MissingField
+from shared.preconditions import IfMatch
 
 #: Letters, digits, '.', '_' and '-', starting with a letter or digit, at most 64 characters. The set
 #: excludes ':', '{' and '}' so an id can never forge another key or move itself to another hash tag.
@@ -44,21 +45,24 @@ def correlation_id(value: str | None) -> str | None:
     return value
 
 
-def if_match(value: str | None) -> tuple[int, ...] | None:
-    """Parse If-Match into the versions it accepts; ``()`` stands for ``*`` (any existing version)."""
+def if_match(value: str | None) -> IfMatch | None:
+    """Parse If-Match: ``*``, or entity tags whose opaque part is the account version."""
     if value is None:
         return None
     if value.strip() == "*":
-        return ()
-    versions: list[int] = []
+        return IfMatch(any_version=True)
+    versions: set[int] = set()
+    weak: list[str] = []
     for tag in value.split(","):
         match = _ETAG.fullmatch(tag)
         if match is None:
             raise InvalidHeader(f'If-Match must be "*" or entity tags like "3" (the account version), '
                                 f"got {value[:80]!r}")
-        if match.group(1) is None:  # RFC 9110: a weak tag never matches under If-Match
-            versions.append(int(match.group(2)))
-    return tuple(versions) if versions else (-1,)
+        if match.group(1) is None:
+            versions.add(int(match.group(2)))
+        else:
+            weak.append(tag.strip())
+    return IfMatch(versions=frozenset(versions), weak_tags=tuple(weak))
 
 
 def page(query: Mapping[str, str]) -> tuple[int, int]:

@@ -1,41 +1,45 @@
-"""An in-memory event store implementing the same port as ``RedisEventStore`` (and passing the same
-contract tests), for fast unit tests of the service."""
+"""An in-memory event store implementing the same port as ``RedisEventStore``, and passing the same contract
+tests (``tests/contract``): snapshots, idempotency records that expire after the TTL, the partition log."""
 
 from __future__ import annotations
 
 import threading
-import uuid
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 import orjson
 
 from shared.account import Account
-from shared.event_store import Appended, AppendOutcome, Claim, Conflict, Duplicate, IdempotencyRecord, Loaded
-from shared.events import Metadata, NewEvent, RecordedEvent
-
-
-def new_event(account_id: str, event_type: str = "FundsDeposited", amount: int = 100) -> NewEvent:
-    """A well-formed event for store-level tests."""
-    return NewEvent(
-        type=event_type, account_id=account_id,
-        data={} if event_type == "AccountOpened" else {"amount_minor": amount},
-        event_id=str(uuid.uuid4()), recorded_at="2026-11-28T12:00:00.000000Z",
-        metadata=Metadata(correlation_id="corr-1", causation_id="req-1", idempotency_key=None),
-    )
+from shared.event_store import (
+    Appended,
+    AppendOutcome,
+    Conflict,
+    Duplicate,
+    IdempotencyRecord,
+    IdempotencyWrite,
+    Loaded,
+)
+from shared.events import NewEvent, RecordedEvent
 
 
 class InMemoryEventStore:
-    def __init__(self) -> None:
+    def __init__(self, idempotency_ttl_seconds: int = 86_400,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
+        self._ttl = idempotency_ttl_seconds
+        self._clock = clock
         self.streams: dict[str, list[RecordedEvent]] = {}
-        self.idempotency: dict[tuple[str, str], IdempotencyRecord] = {}
+        self.snapshots: dict[str, Account] = {}
+        self.idempotency: dict[tuple[str, str], tuple[IdempotencyRecord, float]] = {}
         self.log: list[RecordedEvent] = []
 
     def load(self, account_id: str, idempotency_key: str | None = None) -> Loaded:
         with self._lock:
-            events = list(self.streams.get(account_id, []))
-            record = None if idempotency_key is None else self.idempotency.get((account_id, idempotency_key))
-        return Loaded(events, record)
+            snapshot = self.snapshots.get(account_id)
+            after = snapshot.version if snapshot else 0
+            events = list(self.streams.get(account_id, [])[after:])
+            record = None if idempotency_key is None else self._record(account_id, idempotency_key)
+        return Loaded(events, record, snapshot)
 
     def read(self, account_id: str, after_version: int = 0, limit: int | None = None) -> list[RecordedEvent]:
         with self._lock:
@@ -43,12 +47,14 @@ class InMemoryEventStore:
         return events if limit is None else events[:limit]
 
     def append(self, account_id: str, expected_version: int, events: Sequence[NewEvent],
-               claim: Claim | None = None, snapshot: Account | None = None) -> AppendOutcome:
+               idempotency: IdempotencyWrite | None = None, snapshot: Account | None = None) -> AppendOutcome:
         if not events:
             raise ValueError("append needs at least one event")
         with self._lock:
-            if claim is not None and (account_id, claim.key) in self.idempotency:
-                return Duplicate(self.idempotency[account_id, claim.key])
+            if idempotency is not None:
+                prior = self._record(account_id, idempotency.key)
+                if prior is not None:
+                    return Duplicate(prior)
             stream = self.streams.setdefault(account_id, [])
             if len(stream) != expected_version:
                 return Conflict(len(stream))
@@ -61,6 +67,18 @@ class InMemoryEventStore:
                 )
                 stream.append(recorded)
                 self.log.append(recorded)
-            if claim is not None:
-                self.idempotency[account_id, claim.key] = claim.record
+            if snapshot is not None:
+                self.snapshots[account_id] = snapshot
+            if idempotency is not None:
+                self.idempotency[account_id, idempotency.key] = (idempotency.record, self._clock() + self._ttl)
             return Appended(len(stream))
+
+    def _record(self, account_id: str, key: str) -> IdempotencyRecord | None:
+        found = self.idempotency.get((account_id, key))
+        if found is None:
+            return None
+        record, expires = found
+        if self._clock() >= expires:
+            del self.idempotency[account_id, key]
+            return None
+        return record

@@ -6,17 +6,18 @@ from typing import Any
 
 from shared import api, runtime, validation
 from shared.account import OpenAccount
+from shared.api import Dependencies
 from shared.http import ApiRequest, ProxyResponse, json_response, serve
 from shared.representations import command_headers, created_body
 
 
-def create_account(request: ApiRequest) -> ProxyResponse:
-    (raw_id,) = api.body_fields(request, "id")
+def handle(request: ApiRequest, deps: Dependencies) -> ProxyResponse:
+    (raw_id,) = api.body_fields(request, deps.settings, "id")
     account_id = validation.account_id(raw_id)
-    result = runtime.service().execute(account_id, OpenAccount(), api.command_context(request))
+    result = deps.service.execute(account_id, OpenAccount(), api.command_context(request))
     headers = {**command_headers(result), "Location": f"/accounts/{account_id}"}
     return json_response(201, created_body(result), headers)
 
 
 def lambda_handler(event: dict[str, Any], context: object) -> ProxyResponse:
-    return serve(event, create_account)
+    return serve(event, handle, runtime.dependencies)

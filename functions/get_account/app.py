@@ -5,14 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from shared import api, runtime
+from shared.api import Dependencies
 from shared.http import ApiRequest, ProxyResponse, json_response, serve
 from shared.representations import account_body, etag
 
 
-def get_account(request: ApiRequest) -> ProxyResponse:
-    account = runtime.service().get(api.path_account_id(request))
+def handle(request: ApiRequest, deps: Dependencies) -> ProxyResponse:
+    account = deps.service.get(api.path_account_id(request))
     return json_response(200, account_body(account), etag(account.version))
 
 
 def lambda_handler(event: dict[str, Any], context: object) -> ProxyResponse:
-    return serve(event, get_account)
+    return serve(event, handle, runtime.dependencies)

@@ -7,38 +7,49 @@ fakeredis, and a real Redis server over TCP.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import fakeredis
 import pytest
 import redis
 
+from shared.account import Account
 from shared.event_store import (
     Appended,
-    Claim,
     Conflict,
     Duplicate,
     EventStore,
     IdempotencyRecord,
-    RedisEventStore,
-    decode_entries,
+    IdempotencyWrite,
 )
 from shared.events import Metadata, NewEvent, RecordedEvent
 from shared.keys import KeySpace
-from tests.fakes import InMemoryEventStore, new_event
+from shared.redis_store import RedisEventStore
+from shared.stream_codec import decode_entries
+from tests.fakes import InMemoryEventStore
+from tests.support.events import history, new_event
+from tests.support.waiting import wait_until
+
+TTL_SECONDS = 1
 
 
-def claim(key: str, fingerprint: str = "fp-1", result: str = '{"r":1}') -> Claim:
-    return Claim(key, IdempotencyRecord(fingerprint, result))
+def remember(key: str, fingerprint: str = "fp-1", result: str = '{"r":1}') -> IdempotencyWrite:
+    return IdempotencyWrite(key, IdempotencyRecord(fingerprint, result))
 
 
 class EventStoreContract:
+    """Each store under test remembers idempotency keys for ``TTL_SECONDS``."""
+
     @pytest.fixture
     def store(self) -> Iterator[EventStore]:
         raise NotImplementedError
 
     def partition_log(self, store: EventStore, account_id: str) -> list[RecordedEvent]:
         """Every event the store copied to the partition log of ``account_id``'s partition, in order."""
+        raise NotImplementedError
+
+    def let_time_pass(self, store: EventStore, seconds: float, done: Callable[[], bool]) -> None:
+        """Let ``seconds`` pass for ``store`` (until ``done()``, or fail): a real store waits, a fake's clock moves."""
         raise NotImplementedError
 
     def test_unknown_account_has_no_events(self, store: EventStore) -> None:
@@ -92,27 +103,27 @@ class EventStoreContract:
         assert store.read("acc-1", 10, 5) == []
 
     def test_idempotency_record_is_stored_with_the_events(self, store: EventStore) -> None:
-        assert store.append("acc-1", 0, [new_event("acc-1", "AccountOpened")], claim("key-1")) == Appended(1)
+        assert store.append("acc-1", 0, [new_event("acc-1", "AccountOpened")], remember("key-1")) == Appended(1)
         assert store.load("acc-1", "key-1").idempotency == IdempotencyRecord("fp-1", '{"r":1}')
         assert store.load("acc-1", "key-2").idempotency is None
         assert store.load("acc-1").idempotency is None
 
     def test_used_idempotency_key_appends_nothing_even_at_the_right_version(self, store: EventStore) -> None:
-        store.append("acc-1", 0, [new_event("acc-1", "AccountOpened")], claim("key-1"))
-        again = store.append("acc-1", 1, [new_event("acc-1")], claim("key-1", "fp-other", "{}"))
+        store.append("acc-1", 0, [new_event("acc-1", "AccountOpened")], remember("key-1"))
+        again = store.append("acc-1", 1, [new_event("acc-1")], remember("key-1", "fp-other", "{}"))
         assert again == Duplicate(IdempotencyRecord("fp-1", '{"r":1}'))
-        stale = store.append("acc-1", 0, [new_event("acc-1")], claim("key-1"))
+        stale = store.append("acc-1", 0, [new_event("acc-1")], remember("key-1"))
         assert stale == Duplicate(IdempotencyRecord("fp-1", '{"r":1}'))  # checked before the version
         assert [e.version for e in store.load("acc-1").events] == [1]
         assert len(self.partition_log(store, "acc-1")) == 1
 
     def test_idempotency_keys_are_scoped_to_the_account(self, store: EventStore) -> None:
-        store.append("acc-1", 0, [new_event("acc-1", "AccountOpened")], claim("same"))
-        assert store.append("acc-2", 0, [new_event("acc-2", "AccountOpened")], claim("same")) == Appended(1)
+        store.append("acc-1", 0, [new_event("acc-1", "AccountOpened")], remember("same"))
+        assert store.append("acc-2", 0, [new_event("acc-2", "AccountOpened")], remember("same")) == Appended(1)
 
     def test_conflict_does_not_record_the_idempotency_key(self, store: EventStore) -> None:
         store.append("acc-1", 0, [new_event("acc-1", "AccountOpened")])
-        assert store.append("acc-1", 0, [new_event("acc-1")], claim("key-1")) == Conflict(1)
+        assert store.append("acc-1", 0, [new_event("acc-1")], remember("key-1")) == Conflict(1)
         assert store.load("acc-1", "key-1").idempotency is None
 
     def test_accounts_are_independent(self, store: EventStore) -> None:
@@ -151,10 +162,48 @@ class EventStoreContract:
         assert [e.event_id for e in store.load("acc-1").events][1:] == winners
 
 
+    def test_a_snapshot_is_stored_with_its_events_and_loads_with_what_came_after(self, store: EventStore) -> None:
+        events = history("acc-1", 5)
+        at_four = Account("acc-1", 300, 4, events[0].recorded_at, events[3].recorded_at)
+        assert store.append("acc-1", 0, events[:4], snapshot=at_four) == Appended(4)
+        assert store.append("acc-1", 4, events[4:]) == Appended(5)
+        loaded = store.load("acc-1")
+        assert loaded.snapshot == at_four
+        assert [e.version for e in loaded.events] == [5]
+        assert loaded.version == 5
+        assert [e.version for e in store.read("acc-1")] == [1, 2, 3, 4, 5]  # the history stays whole
+
+    def test_a_newer_snapshot_replaces_the_older(self, store: EventStore) -> None:
+        events = history("acc-1", 3)
+        store.append("acc-1", 0, events[:2], snapshot=Account("acc-1", 100, 2))
+        store.append("acc-1", 2, events[2:], snapshot=Account("acc-1", 200, 3))
+        loaded = store.load("acc-1")
+        assert (loaded.snapshot, loaded.events) == (Account("acc-1", 200, 3), [])
+
+    def test_a_conflicting_append_stores_no_snapshot(self, store: EventStore) -> None:
+        store.append("acc-1", 0, history("acc-1", 1))
+        assert store.append("acc-1", 0, [new_event("acc-1")], snapshot=Account("acc-1", 100, 1)) == Conflict(1)
+        assert store.load("acc-1").snapshot is None
+
+    def test_idempotency_records_expire_after_the_ttl(self, store: EventStore) -> None:
+        store.append("acc-1", 0, [new_event("acc-1", "AccountOpened")], remember("key-1"))
+        assert store.load("acc-1", "key-1").idempotency is not None
+        self.let_time_pass(store, TTL_SECONDS, lambda: store.load("acc-1", "key-1").idempotency is None)
+        # Forgotten: the key may be used again, and nothing else was lost with it.
+        assert store.append("acc-1", 1, [new_event("acc-1")], remember("key-1")) == Appended(2)
+        assert [e.version for e in store.load("acc-1").events] == [1, 2]
+
+
 class TestInMemoryEventStore(EventStoreContract):
+    now = 0.0
+
     @pytest.fixture
     def store(self) -> Iterator[EventStore]:
-        yield InMemoryEventStore()
+        yield InMemoryEventStore(TTL_SECONDS, clock=lambda: self.now)
+
+    def let_time_pass(self, store: EventStore, seconds: float, done: Callable[[], bool]) -> None:
+        self.now += seconds
+        assert done()
 
     def partition_log(self, store: EventStore, account_id: str) -> list[RecordedEvent]:
         assert isinstance(store, InMemoryEventStore)
@@ -169,6 +218,9 @@ class RedisContract(EventStoreContract):
         log_key = self.keys.partition_log(self.keys.partition_of(account_id))
         return decode_entries(self.client.xrange(log_key))
 
+    def let_time_pass(self, store: EventStore, seconds: float, done: Callable[[], bool]) -> None:
+        wait_until(done, seconds + 5, "the idempotency record to expire")
+
     client: redis.Redis
 
 
@@ -176,7 +228,7 @@ class TestFakeRedisEventStore(RedisContract):
     @pytest.fixture
     def store(self) -> Iterator[EventStore]:
         self.client = fakeredis.FakeRedis()
-        yield RedisEventStore(self.client, self.keys, 3600)
+        yield RedisEventStore(self.client, self.keys, TTL_SECONDS)
         self.client.close()
 
 
@@ -185,4 +237,4 @@ class TestRealRedisEventStore(RedisContract):
     def store(self, redis_client: redis.Redis, keyspace: KeySpace) -> Iterator[EventStore]:
         self.client = redis_client
         self.keys = keyspace
-        yield RedisEventStore(redis_client, keyspace, 3600)
+        yield RedisEventStore(redis_client, keyspace, TTL_SECONDS)

@@ -15,7 +15,7 @@ from openapi_spec_validator import validate
 
 from devstack.redis_server import free_port
 from gateway.routes import ROUTES
-from tests.apigw import tool
+from tests.support.tools import tool
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.apigw import make_event, tool
+from tests.support.apigw import make_event
+from tests.support.tools import tool
 
 ROOT = Path(__file__).resolve().parents[2]
 FUNCTIONS = {

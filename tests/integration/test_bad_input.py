@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.apigw import HANDLERS, body_of, call, make_event
+from tests.support.apigw import HANDLERS, body_of, call, make_event
 
 pytestmark = pytest.mark.usefixtures("live_env")
 

@@ -18,9 +18,9 @@ import pytest
 
 from shared import runtime
 from shared.account import DEPOSITED, OPENED, WITHDRAWN
-from shared.event_store import decode_entries
 from shared.keys import KeySpace
-from tests.apigw import HANDLERS, body_of, call, make_event
+from shared.stream_codec import decode_entries
+from tests.support.apigw import HANDLERS, body_of, call, make_event
 
 pytestmark = pytest.mark.usefixtures("live_env")
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from shared.keys import KeySpace
-from tests.apigw import HANDLERS, body_of, call, sample
+from tests.support.apigw import HANDLERS, body_of, call, sample
 
 pytestmark = pytest.mark.usefixtures("live_env")
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.apigw import body_of, call
+from tests.support.apigw import body_of, call
 
 pytestmark = pytest.mark.usefixtures("live_env")
 

@@ -9,9 +9,9 @@ from collections import defaultdict
 import pytest
 
 from shared import runtime
-from shared.event_store import decode_entries
 from shared.keys import KeySpace
-from tests.apigw import call
+from shared.stream_codec import decode_entries
+from tests.support.apigw import call
 
 
 def test_every_event_reaches_its_partition_log_once_in_order(live_env: KeySpace) -> None:

@@ -12,6 +12,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,12 @@ from devstack.mongo_standin import MongoStandIn
 from devstack.redis_server import free_port
 from projector import health, maintenance, projection
 from projector.consumer import PartitionConsumer
-from projector.read_model import ReadModel, connect
+from projector.read_model import ReadModel, connect_mongo
 from shared import account, runtime
+from shared.events import RecordedEvent
 from shared.keys import KeySpace
-from tests.apigw import call
-from tests.integration.projector_support import (
+from tests.support.apigw import call
+from tests.support.readmodel import (
     COLLECTION,
     assert_read_model_matches,
     drain,
@@ -148,15 +150,14 @@ def test_poison_is_parked_without_blocking_others_and_replays_after_a_fix(
     report = maintenance.replay_parked(projector.consumer, projector.read_model)
     assert report.replayed == [] and len(report.remaining) == 1
 
-    original_apply = account.apply
+    original_apply = account.apply_recorded
 
-    def upcasting_apply(state: account.Account, event_type: str, data: dict[str, Any], version: int,
-                        at: str) -> account.Account:
-        if "amount" in data and "amount_minor" not in data:  # the fix: read the old payload shape
-            data = {"amount_minor": round(float(data["amount"]) * 100)}
-        return original_apply(state, event_type, data, version, at)
+    def upcasting_apply(state: account.Account, event: RecordedEvent) -> account.Account:
+        if "amount" in event.data and "amount_minor" not in event.data:  # the fix: read the old payload shape
+            event = event._replace(data={"amount_minor": int(Decimal(event.data["amount"]) * 100)})
+        return original_apply(state, event)
 
-    monkeypatch.setattr(account, "apply", upcasting_apply)
+    monkeypatch.setattr(account, "apply_recorded", upcasting_apply)
     report = maintenance.replay_parked(projector.consumer, projector.read_model)
     assert len(report.replayed) == 1 and report.remaining == []
     assert read_model(mongo_standin.uri, mongo_db)["victim"]["balance_minor"] == 500
@@ -382,15 +383,15 @@ def test_read_model_module_is_the_only_pymongo_user() -> None:
 
 
 def test_connect_uses_the_configured_database(mongo_standin: MongoStandIn, mongo_db: str) -> None:
-    model = ReadModel(connect(settings(mongo_standin.uri, mongo_db)), mongo_db, "elsewhere", 3)
+    model = ReadModel(connect_mongo(settings(mongo_standin.uri, mongo_db)), mongo_db, "elsewhere", 3)
     assert model.count() == 0
     model.ping()
 
 
 def test_redis_outage_backs_off_and_recovers(tmp_path: Path, mongo_standin: MongoStandIn, mongo_db: str) -> None:
     from devstack.redis_server import RedisProcess
-    from shared.event_store import RedisEventStore
-    from tests.fakes import new_event
+    from shared.redis_store import RedisEventStore
+    from tests.support.events import new_event
 
     server = RedisProcess().start()
     keys = KeySpace("outage", 4)

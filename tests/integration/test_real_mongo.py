@@ -15,8 +15,8 @@ from pymongo import MongoClient
 from projector import maintenance
 from shared import runtime
 from shared.keys import KeySpace
-from tests.apigw import call
-from tests.integration.projector_support import assert_read_model_matches, drain, make_projector, settings
+from tests.support.apigw import call
+from tests.support.readmodel import assert_read_model_matches, drain, make_projector, settings
 
 
 @pytest.fixture

@@ -11,11 +11,12 @@ import redis
 from shared import account
 from shared.account import Account, Deposit, OpenAccount
 from shared.errors import CorruptHistory
-from shared.event_store import Appended, AppendOutcome, Claim, Conflict, RedisEventStore
-from shared.events import NewEvent
+from shared.event_store import Appended, AppendOutcome, Conflict, IdempotencyWrite
+from shared.events import NewEvent, RecordedEvent
 from shared.keys import KeySpace
+from shared.redis_store import RedisEventStore
 from shared.service import AccountService, CommandContext
-from tests.fakes import new_event
+from tests.support.events import new_event
 
 
 @pytest.fixture(params=["fakeredis", "real"])
@@ -33,12 +34,19 @@ def keys(key_prefix: str) -> KeySpace:
     return KeySpace(key_prefix, 4)
 
 
+def _after(state: Account, event: NewEvent, version: int) -> Account:
+    """The state ``event`` leads to once stored as ``version``."""
+    recorded = RecordedEvent(event.account_id, version, event.type, event.data, event.event_id, event.recorded_at,
+                             event.schema)
+    return account.apply_recorded(state, recorded)
+
+
 def grow(store: RedisEventStore, account_id: str, count: int) -> Account:
     """Append ``count`` events one at a time, passing the resulting state as the service does."""
     state = Account(account_id)
     for _ in range(count):
         event = new_event(account_id, "AccountOpened" if state.version == 0 else "FundsDeposited", 100)
-        after = account.apply(state, event.type, event.data, state.version + 1, event.recorded_at)
+        after = _after(state, event, state.version + 1)
         keep = after if after.version % 5 == 0 else None  # the service's policy, at interval 5
         assert store.append(account_id, state.version, [event], None, keep) == Appended(after.version)
         state = after
@@ -77,7 +85,7 @@ def test_history_written_without_snapshots_loads_whole(client: redis.Redis, keys
     state = Account("acc")
     for version in range(1, 13):
         event = new_event("acc", "AccountOpened" if version == 1 else "FundsDeposited", 100)
-        state = account.apply(state, event.type, event.data, version, event.recorded_at)
+        state = _after(state, event, version)
         store.append("acc", version - 1, [event])
     final = state
     assert not client.exists(keys.snapshot("acc"))
@@ -92,7 +100,7 @@ def test_a_batch_crossing_the_interval_leaves_a_snapshot(client: redis.Redis, ke
     batch = [new_event("acc") for _ in range(4)]
     after = account.rebuild("acc", [], state)
     for offset, event in enumerate(batch, start=1):
-        after = account.apply(after, event.type, event.data, state.version + offset, event.recorded_at)
+        after = _after(after, event, state.version + offset)
     store.append("acc", 3, batch, None, after)
     loaded = store.load("acc")
     assert loaded.snapshot == after and loaded.events == []
@@ -134,8 +142,8 @@ class LosesOneReply(RedisEventStore):
         self.at = at
 
     def append(self, account_id: str, expected_version: int, events: Sequence[NewEvent],
-               claim: Claim | None = None, snapshot: Account | None = None) -> AppendOutcome:
-        outcome = super().append(account_id, expected_version, events, claim, snapshot)
+               idempotency: IdempotencyWrite | None = None, snapshot: Account | None = None) -> AppendOutcome:
+        outcome = super().append(account_id, expected_version, events, idempotency, snapshot)
         if expected_version + 1 == self.at:
             self.at = -1
             return Conflict(expected_version + 1)

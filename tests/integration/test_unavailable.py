@@ -7,7 +7,7 @@ import pytest
 from devstack.redis_server import free_port
 from gateway import create_app
 from shared import runtime
-from tests.apigw import HANDLERS, body_of, make_event, sample
+from tests.support.apigw import HANDLERS, body_of, make_event, sample
 
 
 @pytest.fixture

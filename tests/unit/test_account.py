@@ -58,7 +58,7 @@ def test_deposit_and_withdraw_need_an_open_account() -> None:
 
 def test_withdraw_never_takes_the_balance_below_zero() -> None:
     state = Account("acc", 100, 2)
-    assert Withdraw(100).decide(state).data == {"amount_minor": 100}
+    assert Withdraw(100).decide(state) == account.FundsWithdrawn(100)
     with pytest.raises(InsufficientFunds):
         Withdraw(101).decide(state)
 

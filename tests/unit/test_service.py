@@ -9,13 +9,15 @@ import pytest
 from shared import account
 from shared.account import Account, Deposit, OpenAccount, Withdraw
 from shared.errors import AccountNotFound, IdempotencyKeyReused, InsufficientFunds, PreconditionFailed, VersionConflict
-from shared.event_store import AppendOutcome, Claim, Conflict
+from shared.event_store import AppendOutcome, Conflict, IdempotencyWrite
 from shared.events import NewEvent
+from shared.preconditions import IfMatch
 from shared.service import AccountService, CommandContext
-from tests.fakes import InMemoryEventStore, new_event
+from tests.fakes import InMemoryEventStore
+from tests.support.events import history, new_event
 
 
-def ctx(key: str | None = None, if_match: tuple[int, ...] | None = None) -> CommandContext:
+def ctx(key: str | None = None, if_match: IfMatch | None = None) -> CommandContext:
     return CommandContext(request_id="req", idempotency_key=key, if_match=if_match)
 
 
@@ -43,13 +45,13 @@ class Interleaving(InMemoryEventStore):
         self.intruders: list[Deposit | Withdraw] = []
 
     def append(self, account_id: str, expected_version: int, events: Sequence[NewEvent],
-               claim: Claim | None = None, snapshot: Account | None = None) -> AppendOutcome:
+               idempotency: IdempotencyWrite | None = None, snapshot: Account | None = None) -> AppendOutcome:
         while self.intruders:
             command = self.intruders.pop()
             state = account.rebuild(account_id, self.streams[account_id])
-            change = command.decide(state)
-            super().append(account_id, state.version, [new_event(account_id, change.type, command.amount)])
-        return super().append(account_id, expected_version, events, claim, snapshot)
+            decided = command.decide(state)
+            super().append(account_id, state.version, [new_event(account_id, decided.type, command.amount)])
+        return super().append(account_id, expected_version, events, idempotency, snapshot)
 
 
 def test_commands_update_the_balance(store: InMemoryEventStore) -> None:
@@ -79,7 +81,7 @@ def test_conflict_then_success_uses_the_new_version() -> None:
 
 class AlwaysConflicts(InMemoryEventStore):
     def append(self, account_id: str, expected_version: int, events: Sequence[NewEvent],
-               claim: Claim | None = None, snapshot: Account | None = None) -> AppendOutcome:
+               idempotency: IdempotencyWrite | None = None, snapshot: Account | None = None) -> AppendOutcome:
         return Conflict(expected_version + 1)
 
 
@@ -119,8 +121,8 @@ class LosesFirstReply(InMemoryEventStore):
     lost = False
 
     def append(self, account_id: str, expected_version: int, events: Sequence[NewEvent],
-               claim: Claim | None = None, snapshot: Account | None = None) -> AppendOutcome:
-        outcome = super().append(account_id, expected_version, events, claim, snapshot)
+               idempotency: IdempotencyWrite | None = None, snapshot: Account | None = None) -> AppendOutcome:
+        outcome = super().append(account_id, expected_version, events, idempotency, snapshot)
         if not self.lost and expected_version == 2:
             self.lost = True
             return Conflict(expected_version + 1)
@@ -137,12 +139,15 @@ def test_an_applied_append_whose_reply_was_lost_is_not_applied_twice() -> None:
 
 def test_if_match(store: InMemoryEventStore) -> None:
     service = funded(store, 100)
-    assert service.execute("acc", Deposit(1), ctx(if_match=(2,))).version == 3
-    with pytest.raises(PreconditionFailed):
-        service.execute("acc", Deposit(1), ctx(if_match=(2,)))
-    assert service.execute("acc", Deposit(1), ctx(if_match=())).version == 4
-    with pytest.raises(PreconditionFailed):
-        service.execute("missing", Deposit(1), ctx(if_match=()))
+    at_two = IfMatch(versions=frozenset({2}))
+    assert service.execute("acc", Deposit(1), ctx(if_match=at_two)).version == 3
+    with pytest.raises(PreconditionFailed, match="at version 3, not 2"):
+        service.execute("acc", Deposit(1), ctx(if_match=at_two))
+    assert service.execute("acc", Deposit(1), ctx(if_match=IfMatch(any_version=True))).version == 4
+    with pytest.raises(PreconditionFailed, match="does not exist"):
+        service.execute("missing", Deposit(1), ctx(if_match=IfMatch(any_version=True)))
+    with pytest.raises(PreconditionFailed, match=r'only weak entity tags .W/"4".*If-Match: "4"'):
+        service.execute("acc", Deposit(1), ctx(if_match=IfMatch(weak_tags=('W/"4"',))))
 
 
 def test_reads(store: InMemoryEventStore) -> None:
@@ -158,22 +163,31 @@ def test_reads(store: InMemoryEventStore) -> None:
 class RecordsSnapshots(InMemoryEventStore):
     def __init__(self) -> None:
         super().__init__()
-        self.snapshots: list[int] = []
+        self.snapshot_versions: list[int] = []
 
     def append(self, account_id: str, expected_version: int, events: Sequence[NewEvent],
-               claim: Claim | None = None, snapshot: Account | None = None) -> AppendOutcome:
+               idempotency: IdempotencyWrite | None = None, snapshot: Account | None = None) -> AppendOutcome:
         if snapshot is not None:
-            self.snapshots.append(snapshot.version)
-        return super().append(account_id, expected_version, events, claim, snapshot)
+            self.snapshot_versions.append(snapshot.version)
+        return super().append(account_id, expected_version, events, idempotency, snapshot)
 
 
-def test_snapshots_at_each_interval_and_after_a_long_read() -> None:
+def test_snapshots_at_each_interval() -> None:
     store = RecordsSnapshots()
     service = AccountService(store, snapshot_interval=4, sleep=lambda _: None)
     service.execute("acc", OpenAccount(), ctx())
     for _ in range(8):
         service.execute("acc", Deposit(1), ctx())
-    # The in-memory store returns the whole history on every load (it keeps no snapshots), so once the
-    # history is longer than the interval each write asks for one: the policy that heals old accounts.
-    assert store.snapshots == [4, 5, 6, 7, 8, 9]
-    assert AccountService(RecordsSnapshots(), sleep=lambda _: None).execute("b", OpenAccount(), ctx()).version == 1
+    assert store.snapshot_versions == [4, 8]
+    loaded = store.load("acc")
+    assert loaded.snapshot == account.rebuild("acc", store.read("acc", 0, 8))
+    assert [e.version for e in loaded.events] == [9]
+
+
+def test_an_account_without_snapshots_gets_one_on_its_next_write() -> None:
+    store = RecordsSnapshots()
+    InMemoryEventStore.append(store, "old", 0, history("old", 6))  # written before snapshots existed
+    service = AccountService(store, snapshot_interval=4, sleep=lambda _: None)
+    service.execute("old", Deposit(1), ctx())
+    assert store.snapshot_versions == [7]
+    assert [e.version for e in store.load("old").events] == []

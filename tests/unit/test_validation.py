@@ -4,6 +4,7 @@ import pytest
 
 from shared import validation
 from shared.errors import InvalidAccountId, InvalidBody, InvalidHeader, InvalidQuery, MissingField
+from shared.preconditions import IfMatch
 
 
 @pytest.mark.parametrize("good", ["a", "alice", "A-1", "x.y_z-9", "0", "a" * 64])
@@ -26,12 +27,17 @@ def test_idempotency_keys() -> None:
             validation.idempotency_key(bad)
 
 
-@pytest.mark.parametrize(("header", "versions"), [
-    (None, None), ("*", ()), ('"3"', (3,)), ("3", (3,)), ('"3", "4"', (3, 4)), ('W/"3"', (-1,)),
-    ('W/"3", "5"', (5,)),
+@pytest.mark.parametrize(("header", "expected"), [
+    (None, None),
+    ("*", IfMatch(any_version=True)),
+    ('"3"', IfMatch(versions=frozenset({3}))),
+    ("3", IfMatch(versions=frozenset({3}))),
+    ('"3", "4"', IfMatch(versions=frozenset({3, 4}))),
+    ('W/"3"', IfMatch(weak_tags=('W/"3"',))),
+    ('W/"3", "5"', IfMatch(versions=frozenset({5}), weak_tags=('W/"3"',))),
 ])
-def test_if_match(header: str | None, versions: tuple[int, ...] | None) -> None:
-    assert validation.if_match(header) == versions
+def test_if_match(header: str | None, expected: IfMatch | None) -> None:
+    assert validation.if_match(header) == expected
 
 
 @pytest.mark.parametrize("bad", ['"abc"', "", '"-1"', '"1" junk', '"1111111111111111111111"'])

@@ -5,24 +5,30 @@ from __future__ import annotations
 import copy
 import json
 import uuid
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from functions.create_account.app import lambda_handler as create_account
-from functions.deposit.app import lambda_handler as deposit
-from functions.get_account.app import lambda_handler as get_account
-from functions.list_events.app import lambda_handler as list_events
-from functions.withdraw.app import lambda_handler as withdraw
+from functions.create_account import app as create_account
+from functions.deposit import app as deposit
+from functions.get_account import app as get_account
+from functions.list_events import app as list_events
+from functions.withdraw import app as withdraw
+from shared.api import Dependencies
+from shared.http import serve
 
-EVENTS_DIR = Path(__file__).resolve().parent.parent / "events"
-HANDLERS = {
+EVENTS_DIR = Path(__file__).resolve().parents[2] / "events"
+ROUTES = {
     "create_account": create_account,
     "deposit": deposit,
     "withdraw": withdraw,
     "get_account": get_account,
     "list_events": list_events,
 }
+#: Each route's Lambda entry point, wired to this process's real dependencies (``shared.runtime``).
+HANDLERS: dict[str, Callable[[dict[str, Any], object], dict[str, Any]]] = {
+    name: module.lambda_handler for name, module in ROUTES.items()}
 
 
 @cache
@@ -71,10 +77,7 @@ def body_of(response: dict[str, Any]) -> Any:
     return json.loads(response["body"])
 
 
-def tool(name: str) -> str | None:
-    """A console script of this environment (the venv running the tests) first, then one on the PATH."""
-    import shutil
-    import sys
-
-    local = Path(sys.executable).parent / name
-    return str(local) if local.exists() else shutil.which(name)
+def call_with(dependencies: Dependencies, name: str, account_id: str | None = None, body: object = None,
+              **options: Any) -> dict[str, Any]:
+    """Run route ``name`` as its lambda_handler would, but on ``dependencies`` (an in-memory store, say)."""
+    return serve(make_event(name, account_id, body, **options), ROUTES[name].handle, lambda: dependencies)

@@ -13,13 +13,13 @@ import redis
 from pymongo import MongoClient
 
 from projector.consumer import PartitionConsumer
-from projector.read_model import ReadModel, connect
+from projector.read_model import ReadModel, connect_mongo
 from projector.worker import Projector
 from shared import account
 from shared.config import ProjectorSettings
-from shared.event_store import decode_entries
 from shared.keys import KeySpace
 from shared.money import format_minor
+from shared.stream_codec import decode_entries
 
 COLLECTION = "accountCollection"
 
@@ -33,7 +33,7 @@ def settings(mongo_uri: str, database: str, **overrides: Any) -> ProjectorSettin
 
 def make_projector(client: redis.Redis, keys: KeySpace, config: ProjectorSettings) -> Projector:
     consumer = PartitionConsumer(client, keys, config.group, config.consumer)
-    model = ReadModel(connect(config), config.mongodb_database, config.mongodb_collection, config.timestamps_kept)
+    model = ReadModel(connect_mongo(config), config.mongodb_database, config.mongodb_collection, config.timestamps_kept)
     return Projector(consumer, model, config)
 
 

@@ -1,0 +1,150 @@
+"""``RedisEventStore``: the event store on Redis Streams, the only write-side code that talks to Redis.
+
+Every operation is one server-side script (loaded once per process, called with ``EVALSHA``) over one
+account's keys, which share a hash tag, so the same calls run on a single node and on Redis Cluster:
+
+* ``load.lua``: the account's snapshot, the events after it and the idempotency record, in one round trip;
+* ``append.lua``: checks the idempotency record and the expected version *before* its first write (Redis
+  does not roll back a script that fails half-way), then writes the account stream, the partition log,
+  the version record, the snapshot and the idempotency record;
+* ``read.lua``: one page of the history.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+import redis
+
+from shared.account import Account
+from shared.errors import CorruptHistory
+from shared.event_store import (
+    Appended,
+    AppendOutcome,
+    Conflict,
+    Duplicate,
+    IdempotencyRecord,
+    IdempotencyWrite,
+    Loaded,
+)
+from shared.events import NewEvent, RecordedEvent
+from shared.keys import KeySpace
+from shared.redis_client import is_cluster, unavailable_as_store_error
+from shared.stream_codec import ITEMS_PER_EVENT, decode_entries, encode
+
+
+def _script(name: str) -> str:
+    # A plain file read: importlib.resources would add milliseconds to every Lambda cold start.
+    with open(os.path.join(os.path.dirname(__file__), name), encoding="utf-8") as source:
+        return source.read()
+
+
+APPEND_LUA = _script("append.lua")
+LOAD_LUA = _script("load.lua")
+READ_LUA = _script("read.lua")
+
+AppendRequest = tuple[str, int, Sequence[NewEvent]]
+
+
+class RedisEventStore:
+    """Snapshots are written by the append script, atomically with the events they summarise, whenever the
+    service passes one (its policy: every ``SNAPSHOT_INTERVAL`` versions)."""
+
+    def __init__(self, client: redis.Redis, keys: KeySpace, idempotency_ttl_seconds: int) -> None:
+        self._redis = client
+        self._keys = keys
+        self._ttl = idempotency_ttl_seconds
+        self._append = client.register_script(APPEND_LUA)
+        self._load = client.register_script(LOAD_LUA)
+        self._read = client.register_script(READ_LUA)
+
+    @property
+    def keys(self) -> KeySpace:
+        return self._keys
+
+    def load(self, account_id: str, idempotency_key: str | None = None) -> Loaded:
+        keys = [self._keys.stream(account_id), self._keys.snapshot(account_id)]
+        if idempotency_key is not None:
+            keys.append(self._keys.idempotency(account_id, idempotency_key))
+        with unavailable_as_store_error():
+            state, entries, record = self._load(keys=keys)
+        snapshot = None if state is None else _snapshot_from(account_id, state)
+        idempotency = None
+        if record and record[0] is not None:
+            idempotency = IdempotencyRecord(record[0].decode(), record[1].decode())
+        return Loaded(decode_entries(entries), idempotency, snapshot)
+
+    def read(self, account_id: str, after_version: int = 0, limit: int | None = None) -> list[RecordedEvent]:
+        with unavailable_as_store_error():
+            entries = self._read(keys=[self._keys.stream(account_id)], args=[after_version + 1, limit or 0])
+        return decode_entries(entries)
+
+    def append(self, account_id: str, expected_version: int, events: Sequence[NewEvent],
+               idempotency: IdempotencyWrite | None = None, snapshot: Account | None = None) -> AppendOutcome:
+        keys, args = append_arguments(self._keys, self._ttl, account_id, expected_version, events, idempotency,
+                                      snapshot)
+        with unavailable_as_store_error():
+            reply = self._append(keys=keys, args=args)
+        return _outcome(reply)
+
+    def append_many(self, requests: Sequence[AppendRequest]) -> list[AppendOutcome]:
+        """Several appends (to different accounts, or to one in order), each as atomic as ``append``.
+
+        For bulk loads: one pipelined round trip on a single node. A cluster client refuses scripts in a
+        pipeline, so there they go one by one (still one round trip each, routed to the account's node).
+        """
+        if is_cluster(self._redis):
+            return [self.append(account_id, version, events) for account_id, version, events in requests]
+        with unavailable_as_store_error():
+            pipe = self._redis.pipeline(transaction=False)
+            for account_id, version, events in requests:
+                keys, args = append_arguments(self._keys, self._ttl, account_id, version, events)
+                self._append(keys=keys, args=args, client=pipe)
+            return [_outcome(reply) for reply in pipe.execute()]
+
+def append_arguments(keys: KeySpace, ttl: int, account_id: str, expected_version: int, events: Sequence[NewEvent],
+                     idempotency: IdempotencyWrite | None = None,
+                     snapshot: Account | None = None) -> tuple[list[str], list[bytes | str | int]]:
+    """KEYS and ARGV of ``append.lua`` for one append (its calling convention, documented in the script)."""
+    if not events:
+        raise ValueError("append needs at least one event")
+    script_keys = [keys.stream(account_id), keys.version(account_id), keys.partition_log(keys.partition_of(account_id)),
+                   keys.snapshot(account_id)]
+    args: list[bytes | str | int] = [expected_version, len(events)]
+    if idempotency is None:
+        args += ["", "", 0]
+    else:
+        script_keys.append(keys.idempotency(account_id, idempotency.key))
+        args += [idempotency.record.fingerprint, idempotency.record.result, ttl]
+    args.append("" if snapshot is None else _snapshot_json(snapshot))
+    for event in events:
+        args.append(ITEMS_PER_EVENT)
+        args += encode(event)
+    return script_keys, args
+
+
+def _outcome(reply: Any) -> AppendOutcome:
+    status = reply[0]
+    if status == b"ok":
+        return Appended(int(reply[1]))
+    if status == b"conflict":
+        return Conflict(int(reply[1]))
+    if status == b"duplicate":
+        return Duplicate(IdempotencyRecord(reply[1].decode(), reply[2].decode()))
+    raise RuntimeError(f"unexpected reply from the append script: {reply!r}")
+
+
+def _snapshot_json(state: Account) -> bytes:
+    return orjson.dumps({"version": state.version, "balance": state.balance, "opened_at": state.opened_at,
+                         "updated_at": state.updated_at})
+
+
+def _snapshot_from(account_id: str, raw: bytes) -> Account:
+    try:
+        data = orjson.loads(raw)
+        return Account(account_id, int(data["balance"]), int(data["version"]), data["opened_at"], data["updated_at"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CorruptHistory(f"unreadable snapshot of {account_id}: {exc}") from exc
