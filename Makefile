@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test lint typecheck pytest fuzz bench clean
+.PHONY: install run test unit lint typecheck pytest fuzz bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ pytest: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
+
+# The fast tier: every test that needs no server (no Redis, no MongoDB); a test that asks for one fails.
+unit: install
+	LEDGER_TESTS_OFFLINE=1 $(BIN)/python -m pytest -q -m "not redis and not mongo and not real_mongo" $(PYTEST_ARGS)
 
 # A deeper schemathesis run against a running gateway (start one with `make run` first).
 fuzz: install

@@ -1,21 +1,22 @@
-"""Run the whole service locally with one command: ``python -m devstack`` (or ``make run``).
+"""Run the whole service locally with one command: python -m devstack (or make run).
 
-Starts what is not configured, then the HTTP gateway under gunicorn, with interleaved, prefixed logs
-(honcho); Ctrl-C stops everything. Embedded defaults:
+Starts what is not configured, then the HTTP gateway under gunicorn and the projector, with interleaved,
+prefixed logs (honcho). Ctrl-C stops the API and the projector first, then the servers it started.
 
-* Redis: ``REDIS_URL`` if set; otherwise a ``redis-server`` on 127.0.0.1:$DEV_REDIS_PORT (6379) with its
-  data (AOF) in ``.devstack/redis``, reused if one from an earlier run still answers there.
-* MongoDB: ``MONGODB_URI`` if set; otherwise the nx-27017 stand-in on 127.0.0.1:$DEV_MONGO_PORT (27017)
-  with its data in ``.devstack/mongo``, reused if one still answers there.
-* The gateway on http://127.0.0.1:$PORT (8080) and the projector (health on $PROJECTOR_HEALTH_PORT, 8081).
+  Redis    REDIS_URL if set; else a redis-server on 127.0.0.1:$DEV_REDIS_PORT (6379), data in
+           $DEV_STATE_DIR/redis (.devstack/redis), reused if one from an earlier run still answers there.
+  MongoDB  MONGODB_URI if set; else the nx-27017 stand-in on 127.0.0.1:$DEV_MONGO_PORT (27017), data in
+           $DEV_STATE_DIR/mongo, reused likewise.
+  API      http://127.0.0.1:$PORT (8080), $WEB_CONCURRENCY (2) workers; projector health on
+           $PROJECTOR_HEALTH_PORT (8081).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -24,63 +25,99 @@ from honcho.printer import Printer
 
 from devstack.mongo_standin import answers as mongo_answers
 from devstack.mongo_standin import command as mongo_command
+from devstack.process import port_in_use, spawn, terminate
 from devstack.redis_server import answers
+from shared.config import ConfigError, DevSettings, load_dev_settings
 
-STATE_DIR = Path(".devstack")
+ROOT = Path(__file__).resolve().parents[1]
+GUNICORN_CONFIG = ROOT / "gateway" / "gunicorn.conf.py"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
-    parser.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "2")))
-    parser.add_argument("--redis-port", type=int, default=int(os.environ.get("DEV_REDIS_PORT", "6379")))
-    parser.add_argument("--mongo-port", type=int, default=int(os.environ.get("DEV_MONGO_PORT", "27017")))
-    args = parser.parse_args(argv)
+    parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.parse_args(argv)
+    try:
+        dev = load_dev_settings()
+    except ConfigError as exc:
+        print(f"devstack: {exc}", file=sys.stderr)
+        return 2
+    busy = _busy_port(dev)
+    if busy:
+        print(f"devstack: {busy}", file=sys.stderr)
+        return 1
 
-    manager = Manager(Printer(sys.stdout))
-    env = dict(os.environ)
-    env.setdefault("PYTHONUNBUFFERED", "1")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        env["REDIS_URL"] = _redis(env, dev, started)
+        env["MONGODB_URI"] = _mongo(env, dev, started)
+        manager = Manager(Printer(sys.stdout))
+        manager.add_process("projector", f"{sys.executable} -m projector run", env=env)
+        api_env = {**env, "GUNICORN_BIND": f"127.0.0.1:{dev.port}", "WEB_CONCURRENCY": str(dev.workers),
+                   "GUNICORN_GRACEFUL_TIMEOUT": "5"}
+        manager.add_process("api", f"{sys.executable} -m gunicorn --config {GUNICORN_CONFIG} "
+                                   "'gateway:create_app()'", env=api_env)
+        print(f"devstack: API on http://127.0.0.1:{dev.port}, projector health on "
+              f"http://127.0.0.1:{dev.projector_health_port}/healthz (Ctrl-C stops everything)", flush=True)
+        manager.loop()
+        return int(manager.returncode or 0)
+    except RuntimeError as exc:  # a server we started did not come up
+        print(f"devstack: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for process in reversed(started):  # the API and the projector are gone by now: servers last
+            terminate(process)
 
+
+def _busy_port(dev: DevSettings) -> str | None:
+    for port, what, variable in ((dev.port, "the API", "PORT"),
+                                 (dev.projector_health_port, "the projector's health endpoint",
+                                  "PROJECTOR_HEALTH_PORT")):
+        if port and port_in_use(port):
+            return (f"port {port} for {what} is in use (is another `make run` still running?); "
+                    f"stop it, or set {variable} to a free port")
+    return None
+
+
+def _redis(env: dict[str, str], dev: DevSettings, started: list[subprocess.Popen[bytes]]) -> str:
     if env.get("REDIS_URL"):
         print(f"devstack: using REDIS_URL from the environment ({_redacted(env['REDIS_URL'])})")
-    else:
-        env["REDIS_URL"] = f"redis://127.0.0.1:{args.redis_port}/0"
-        if answers(env["REDIS_URL"]):
-            print(f"devstack: reusing the Redis already answering on port {args.redis_port}")
-        else:
-            manager.add_process("redis", _redis_command(args.redis_port))
-
-    if env.get("MONGODB_URI"):
-        print(f"devstack: using MONGODB_URI from the environment ({_redacted(env['MONGODB_URI'])})")
-    else:
-        env["MONGODB_URI"] = f"mongodb://127.0.0.1:{args.mongo_port}"
-        if mongo_answers(env["MONGODB_URI"]):
-            print(f"devstack: reusing the MongoDB already answering on port {args.mongo_port}")
-        else:
-            data = STATE_DIR / "mongo"
-            data.mkdir(parents=True, exist_ok=True)
-            manager.add_process("mongo", shlex.join(mongo_command(args.mongo_port, data.resolve())))
-
-    manager.add_process("projector", f"{sys.executable} -m projector run", env=env)
-    api_env = {**env, "GUNICORN_BIND": f"127.0.0.1:{args.port}", "WEB_CONCURRENCY": str(args.workers),
-               "GUNICORN_GRACEFUL_TIMEOUT": "5"}
-    manager.add_process(
-        "api", f"{sys.executable} -m gunicorn --config gateway/gunicorn.conf.py 'gateway:create_app()'", env=api_env)
-    print(f"devstack: API on http://127.0.0.1:{args.port} (Ctrl-C stops everything)")
-    manager.loop()
-    return int(manager.returncode or 0)
-
-
-def _redis_command(port: int) -> str:
+        return env["REDIS_URL"]
+    url = f"redis://127.0.0.1:{dev.redis_port}/0"
+    if answers(url):
+        print(f"devstack: reusing the Redis already answering on port {dev.redis_port}")
+        return url
     binary = shutil.which("redis-server")
     if binary is None:
-        raise SystemExit("devstack: redis-server not found; install it (apt-get install redis-server) "
-                         "or set REDIS_URL to a Redis you run yourself")
-    data = STATE_DIR / "redis"
+        raise RuntimeError("redis-server not found; install it (apt-get install redis-server) "
+                           "or set REDIS_URL to a Redis you run yourself")
+    data = dev.state_dir / "redis"
     data.mkdir(parents=True, exist_ok=True)
     # AOF on, as in production, so local data survives a restart of the stack.
-    return (f"{binary} --port {port} --bind 127.0.0.1 --dir {data.resolve()} --appendonly yes "
-            f"--appendfsync everysec --save ''")
+    command = [binary, "--port", str(dev.redis_port), "--bind", "127.0.0.1", "--dir", str(data),
+               "--appendonly", "yes", "--appendfsync", "everysec", "--save", ""]
+    started.append(spawn(command, lambda: answers(url, 0.2), 20, f"redis-server on port {dev.redis_port}",
+                         log=data / "redis.log", own_session=True))
+    print(f"devstack: started redis-server on port {dev.redis_port} (log: {data / 'redis.log'})")
+    return url
+
+
+def _mongo(env: dict[str, str], dev: DevSettings, started: list[subprocess.Popen[bytes]]) -> str:
+    if env.get("MONGODB_URI"):
+        print(f"devstack: using MONGODB_URI from the environment ({_redacted(env['MONGODB_URI'])})")
+        return env["MONGODB_URI"]
+    uri = f"mongodb://127.0.0.1:{dev.mongo_port}"
+    if mongo_answers(uri):
+        print(f"devstack: reusing the MongoDB already answering on port {dev.mongo_port}")
+        return uri
+    data = dev.state_dir / "mongo"
+    data.mkdir(parents=True, exist_ok=True)
+    started.append(spawn(mongo_command(dev.mongo_port, data), lambda: mongo_answers(uri, 200), 30,
+                         f"the MongoDB stand-in on port {dev.mongo_port}", own_session=True))
+    print(f"devstack: started the MongoDB stand-in nx-27017 on port {dev.mongo_port} "
+          f"(log: {data / 'nx-27017.log'})")
+    return uri
 
 
 def _redacted(url: str) -> str:

@@ -81,7 +81,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parameter", action="append", default=[], metavar="NAME=VALUE",
                         help="template parameter override (repeatable)")
     args = parser.parse_args(argv)
+    if any("=" not in item for item in args.parameter):
+        parser.error("--parameter takes NAME=VALUE")
     overrides = dict(item.split("=", 1) for item in args.parameter)
+    try:
+        event = json.loads(args.event.read_text())
+    except OSError as exc:
+        parser.error(f"cannot read the event file {args.event}: {exc.strerror}")
+    except ValueError as exc:
+        parser.error(f"the event file {args.event} is not JSON: {exc}")
     code_dir, handler, env = resolve(args.function, args.template, overrides)
     # The shell's environment wins, as `sam local invoke --env-vars` would let it.
     os.environ.update({k: v for k, v in env.items() if k not in os.environ})
@@ -91,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.util.module_from_spec(spec)
     sys.path.insert(0, str(code_dir))
     spec.loader.exec_module(module)
-    response = getattr(module, function_name)(json.loads(args.event.read_text()), None)
+    response = getattr(module, function_name)(event, None)
     print(json.dumps(response, indent=2))
     return 0
 

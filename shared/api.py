@@ -5,8 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shared import validation
+from shared.account import Deposit, Withdraw
 from shared.config import Settings
-from shared.http import ApiRequest
+from shared.http import ApiRequest, ProxyResponse, json_response
+from shared.money import parse_amount
+from shared.representations import command_headers, movement_body
 from shared.service import AccountService, CommandContext
 
 
@@ -35,3 +38,11 @@ def command_context(request: ApiRequest) -> CommandContext:
         idempotency_key=validation.idempotency_key(request.header("idempotency-key")),
         if_match=validation.if_match(request.header("if-match")),
     )
+
+
+def move_money(request: ApiRequest, deps: Dependencies, command: type[Deposit] | type[Withdraw]) -> ProxyResponse:
+    """A deposit or a withdrawal: ``{"amount": ...}`` on ``/accounts/{id}/...`` -> 200 with the new balance."""
+    account_id = path_account_id(request)
+    (amount,) = body_fields(request, deps.settings, "amount")
+    result = deps.service.execute(account_id, command(parse_amount(amount)), command_context(request))
+    return json_response(200, movement_body(result), command_headers(result))

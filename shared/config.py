@@ -11,6 +11,7 @@ import re
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
@@ -61,11 +62,37 @@ class ProjectorSettings:
     health_port: int = 8081
 
 
+@dataclass(frozen=True)
+class DevSettings:
+    """What ``python -m devstack`` (``make run``) needs: where to serve and where its own servers listen."""
+
+    port: int = 8080
+    workers: int = 2
+    redis_port: int = 6379
+    mongo_port: int = 27017
+    projector_health_port: int = 8081
+    state_dir: Path = Path(".devstack")
+
+
+def load_dev_settings(environ: Mapping[str, str] | None = None) -> DevSettings:
+    env = os.environ if environ is None else environ
+    defaults = DevSettings()
+    return DevSettings(
+        port=_number(env, "PORT", defaults.port, int, 1, 65_535),
+        workers=_number(env, "WEB_CONCURRENCY", defaults.workers, int, 1, 64),
+        redis_port=_number(env, "DEV_REDIS_PORT", defaults.redis_port, int, 1, 65_535),
+        mongo_port=_number(env, "DEV_MONGO_PORT", defaults.mongo_port, int, 1, 65_535),
+        projector_health_port=_number(env, "PROJECTOR_HEALTH_PORT", defaults.projector_health_port, int, 0, 65_535),
+        state_dir=Path(_raw(env, "DEV_STATE_DIR") or defaults.state_dir).resolve(),
+    )
+
+
 def load_projector_settings(environ: Mapping[str, str] | None = None) -> ProjectorSettings:
     env = os.environ if environ is None else environ
     defaults = ProjectorSettings()
+    mongo_port = _number(env, "DEV_MONGO_PORT", 27017, int, 1, 65_535)
     return ProjectorSettings(
-        mongodb_uri=_url(env, "MONGODB_URI", defaults.mongodb_uri, ("mongodb", "mongodb+srv"),
+        mongodb_uri=_url(env, "MONGODB_URI", f"mongodb://localhost:{mongo_port}", ("mongodb", "mongodb+srv"),
                          ("uri", "url", "MONGODB_URI")),
         mongodb_database=_name(env, "MONGODB_DATABASE", defaults.mongodb_database),
         mongodb_collection=_name(env, "MONGODB_COLLECTION", defaults.mongodb_collection),
@@ -98,8 +125,11 @@ def _name(env: Mapping[str, str], name: str, default: str) -> str:
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if environ is None else environ
     defaults = Settings()
+    # Without REDIS_URL every tool looks where `make run` starts its Redis (DEV_REDIS_PORT moves both).
+    redis_port = _number(env, "DEV_REDIS_PORT", 6379, int, 1, 65_535)
     return Settings(
-        redis_url=_url(env, "REDIS_URL", defaults.redis_url, ("redis", "rediss", "unix"), ("url", "REDIS_URL")),
+        redis_url=_url(env, "REDIS_URL", f"redis://localhost:{redis_port}/0", ("redis", "rediss", "unix"),
+                       ("url", "REDIS_URL")),
         redis_password=_secret(env, "REDIS_PASSWORD", ("password", "REDIS_PASSWORD")),
         redis_cluster=_flag(env, "REDIS_CLUSTER", defaults.redis_cluster),
         redis_timeout_seconds=_number(env, "REDIS_TIMEOUT_SECONDS", defaults.redis_timeout_seconds, float,
@@ -130,7 +160,8 @@ def _number(env: Mapping[str, str], name: str, default: T, kind: Callable[[str],
     try:
         value = kind(raw)
     except ValueError:
-        raise ConfigError(f"{name} must be a {kind.__name__} between {low} and {high}, got {raw!r}") from None
+        noun = "whole number" if kind is int else "number"
+        raise ConfigError(f"{name} must be a {noun} between {low} and {high}, got {raw!r}") from None
     if not low <= value <= high:  # type: ignore[operator]
         raise ConfigError(f"{name} must be between {low} and {high}, got {raw!r}")
     return value

@@ -6,6 +6,11 @@ free port for this session. If none can be had, Redis tests are skipped with the
 ``CI=true``, where they fail: CI must never pass by silently skipping them.
 
 Every test gets its own key prefix and its keys are deleted afterwards, so the suite can share a server.
+
+Tiers, by marker: ``redis`` (a real Redis: everything under ``tests/integration`` and whatever asks for a
+Redis fixture), ``mongo`` (the MongoDB stand-in), ``real_mongo`` (a real MongoDB). ``make unit`` runs the
+rest with ``LEDGER_TESTS_OFFLINE=1``, under which asking for a server fails the test instead of starting
+one, so a test that needs a server but lacks its marker cannot hide in the fast tier.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -30,8 +36,18 @@ def _in_ci() -> bool:
     return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
+def _offline() -> bool:
+    return os.environ.get("LEDGER_TESTS_OFFLINE", "").lower() in {"1", "true", "yes"}
+
+
+def _refuse_servers_offline(what: str) -> None:
+    if _offline():
+        pytest.fail(f"LEDGER_TESTS_OFFLINE is set but this test asks for {what}: give it the right marker")
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
+    _refuse_servers_offline("a Redis server")
     explicit = os.environ.get("TEST_REDIS_URL")
     if explicit:
         if not answers(explicit):
@@ -93,6 +109,7 @@ def live_env(monkeypatch: pytest.MonkeyPatch, redis_client: redis.Redis, redis_u
 @pytest.fixture(scope="session")
 def mongo_standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MongoStandIn]:
     """The nx-27017 MongoDB stand-in, one server for the session (see DESIGN/README for its limits)."""
+    _refuse_servers_offline("the MongoDB stand-in")
     server = MongoStandIn(tmp_path_factory.mktemp("nx-27017")).start()
     try:
         yield server
@@ -120,10 +137,13 @@ def real_mongo_uri() -> str:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # Anything that asks for a real server is a Redis test, whether or not its author marked it.
+    """Markers by directory and by the fixtures a test asks for, so a tier cannot leak."""
+    integration = Path(__file__).parent / "integration"
     for item in items:
-        fixtures = getattr(item, "fixturenames", ())
-        if "redis_url" in fixtures and item.get_closest_marker("redis") is None:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if item.path.is_relative_to(integration) or fixtures & {"redis_url", "redis_client", "live_env"}:
             item.add_marker(pytest.mark.redis)
-        if "real_mongo_uri" in fixtures and item.get_closest_marker("real_mongo") is None:
+        if "mongo_standin" in fixtures:
+            item.add_marker(pytest.mark.mongo)
+        if "real_mongo_uri" in fixtures:
             item.add_marker(pytest.mark.real_mongo)

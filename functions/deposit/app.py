@@ -7,16 +7,11 @@ from typing import Any
 from shared import api, runtime
 from shared.account import Deposit
 from shared.api import Dependencies
-from shared.http import ApiRequest, ProxyResponse, json_response, serve
-from shared.money import parse_amount
-from shared.representations import command_headers, movement_body
+from shared.http import ApiRequest, ProxyResponse, serve
 
 
 def handle(request: ApiRequest, deps: Dependencies) -> ProxyResponse:
-    account_id = api.path_account_id(request)
-    (amount,) = api.body_fields(request, deps.settings, "amount")
-    result = deps.service.execute(account_id, Deposit(parse_amount(amount)), api.command_context(request))
-    return json_response(200, movement_body(result), command_headers(result))
+    return api.move_money(request, deps, Deposit)
 
 
 def lambda_handler(event: dict[str, Any], context: object) -> ProxyResponse:

@@ -34,3 +34,17 @@ def test_environment_is_resolved_from_the_template() -> None:
 def test_unknown_function_is_refused() -> None:
     with pytest.raises(SystemExit, match="not a function"):
         invoke.main(["NoSuchFunction", "events/deposit.json"])
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["DepositFunction", "events/no-such-file.json"], "cannot read the event file"),
+    (["DepositFunction", "README.md"], "is not JSON"),
+    (["DepositFunction", "events/deposit.json", "--parameter", "NoEquals"], "NAME=VALUE"),
+])
+def test_a_bad_invocation_is_one_line_not_a_traceback(arguments: list[str], message: str,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        invoke.main(arguments)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

@@ -15,23 +15,23 @@ pytestmark = pytest.mark.usefixtures("live_env")
 def test_sample_events_walk_through_the_whole_api() -> None:
     created = HANDLERS["create_account"](sample("create_account"), None)
     assert created["statusCode"] == 201
-    assert created["headers"]["Location"] == "/accounts/alice"
+    assert created["headers"]["Location"] == "/accounts/carol"
     assert created["headers"]["ETag"] == '"1"'
-    assert body_of(created) == {"id": "alice", "funds": "0.00", "version": 1}
+    assert body_of(created) == {"id": "carol", "funds": "0.00", "version": 1}
 
     deposited = HANDLERS["deposit"](sample("deposit"), None)
     assert deposited["statusCode"] == 200
-    assert body_of(deposited) == {"id": "alice", "amount": "100.00", "funds": "100.00", "version": 2}
+    assert body_of(deposited) == {"id": "carol", "amount": "100.00", "funds": "100.00", "version": 2}
 
     withdrawn = HANDLERS["withdraw"](sample("withdraw"), None)
-    assert body_of(withdrawn) == {"id": "alice", "amount": "100.00", "funds": "0.00", "version": 3}
+    assert body_of(withdrawn) == {"id": "carol", "amount": "100.00", "funds": "0.00", "version": 3}
     assert withdrawn["headers"]["ETag"] == '"3"'
 
     account = HANDLERS["get_account"](sample("get_account"), None)
     assert account["statusCode"] == 200
     assert account["headers"]["ETag"] == '"3"'
     shown = body_of(account)
-    assert (shown["id"], shown["funds"], shown["version"]) == ("alice", "0.00", 3)
+    assert (shown["id"], shown["funds"], shown["version"]) == ("carol", "0.00", 3)
     assert shown["opened_at"] <= shown["updated_at"]
 
     events = body_of(HANDLERS["list_events"](sample("list_events"), None))

@@ -40,6 +40,8 @@ from tests.support.readmodel import (
     settings,
 )
 
+pytestmark = pytest.mark.mongo
+
 
 def burst(accounts: int, writers: int, operations: int, seed: int = 1) -> None:
     """Concurrent traffic through the real handlers: creates, then a deposit/withdraw mix."""

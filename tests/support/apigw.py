@@ -51,8 +51,9 @@ def make_event(name: str, account_id: str | None = None, body: object = None, *,
     event = sample(name)
     if account_id is not None:
         if event["pathParameters"]:
+            sample_id = event["pathParameters"]["id"]
             event["pathParameters"]["id"] = account_id
-            event["path"] = event["path"].replace("/alice", f"/{account_id}")
+            event["path"] = event["path"].replace(f"/{sample_id}", f"/{account_id}")
         elif body is None and raw_body is None:
             body = {"id": account_id}
     if raw_body is not None:
@@ -77,7 +78,15 @@ def body_of(response: dict[str, Any]) -> Any:
     return json.loads(response["body"])
 
 
-def call_with(dependencies: Dependencies, name: str, account_id: str | None = None, body: object = None,
-              **options: Any) -> dict[str, Any]:
-    """Run route ``name`` as its lambda_handler would, but on ``dependencies`` (an in-memory store, say)."""
-    return serve(make_event(name, account_id, body, **options), ROUTES[name].handle, lambda: dependencies)
+class Api:
+    """Calls routes as their lambda_handlers do, but on the given dependencies (an in-memory store, say)."""
+
+    def __init__(self, dependencies: Callable[[], Dependencies]) -> None:
+        self.dependencies = dependencies
+
+    def send(self, name: str, event: dict[str, Any]) -> dict[str, Any]:
+        response: dict[str, Any] = serve(event, ROUTES[name].handle, self.dependencies)
+        return response
+
+    def call(self, name: str, account_id: str | None = None, body: object = None, **options: Any) -> dict[str, Any]:
+        return self.send(name, make_event(name, account_id, body, **options))
