@@ -124,14 +124,14 @@ class PartitionConsumer:
         fields.update({b"original_id": entry.entry_id, b"error": error[:2000], b"deliveries": deliveries,
                        b"parked_at": f"{time.time():.3f}", b"group": self.group})
         pipe = self._redis.pipeline(transaction=True)
-        pipe.xadd(self._keys.parked(entry.partition), fields)
+        pipe.xadd(self._keys.partition_key(entry.partition, "parked"), fields)
         pipe.xack(self._keys.partition_log(entry.partition), self.group, entry.entry_id)
         pipe.execute()
 
     def parked(self, partitions: Iterable[int] | None = None) -> list[ParkedEntry]:
         found = []
         for partition in self.partitions if partitions is None else partitions:
-            entries: Any = self._redis.xrange(self._keys.parked(partition)) or []
+            entries: Any = self._redis.xrange(self._keys.partition_key(partition, "parked")) or []
             for raw_id, fields in entries:
                 found.append(ParkedEntry(
                     partition, raw_id.decode(), fields.get(b"original_id", b"").decode(),
@@ -139,7 +139,7 @@ class PartitionConsumer:
         return found
 
     def unpark(self, entry: ParkedEntry) -> None:
-        self._redis.xdel(self._keys.parked(entry.partition), entry.parked_id)
+        self._redis.xdel(self._keys.partition_key(entry.partition, "parked"), entry.parked_id)
 
     def status(self) -> list[PartitionStatus]:
         now_ms = time.time() * 1000
@@ -157,7 +157,7 @@ class PartitionConsumer:
                 if low:
                     oldest = max(0.0, (now_ms - int(low.split("-")[0])) / 1000)
             result.append(PartitionStatus(partition, length, None if lag is None else int(lag), pending, oldest,
-                                          int(self._redis.xlen(self._keys.parked(partition))),
+                                          int(self._redis.xlen(self._keys.partition_key(partition, "parked"))),
                                           int(info["consumers"]) if info else 0))
         return result
 

@@ -34,6 +34,8 @@ class Settings:
     redis_url: str = field(default="redis://localhost:6379/0", repr=False)  # may embed a password
     redis_password: str | None = field(default=None, repr=False)
     redis_cluster: bool = False
+    #: Further cluster seed nodes beside REDIS_URL's host, so the client can start while one node is down.
+    redis_cluster_nodes: tuple[tuple[str, int], ...] = ()
     redis_timeout_seconds: float = 2.0
     key_prefix: str = "ledger"
     partitions: int = 16
@@ -127,11 +129,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     defaults = Settings()
     # Without REDIS_URL every tool looks where `make run` starts its Redis (DEV_REDIS_PORT moves both).
     redis_port = _number(env, "DEV_REDIS_PORT", 6379, int, 1, 65_535)
+    cluster = _flag(env, "REDIS_CLUSTER", defaults.redis_cluster)
     return Settings(
-        redis_url=_url(env, "REDIS_URL", f"redis://localhost:{redis_port}/0", ("redis", "rediss", "unix"),
-                       ("url", "REDIS_URL")),
+        redis_url=_redis_url(env, f"redis://localhost:{redis_port}/0", cluster),
         redis_password=_secret(env, "REDIS_PASSWORD", ("password", "REDIS_PASSWORD")),
-        redis_cluster=_flag(env, "REDIS_CLUSTER", defaults.redis_cluster),
+        redis_cluster=cluster,
+        redis_cluster_nodes=_cluster_nodes(env, cluster),
         redis_timeout_seconds=_number(env, "REDIS_TIMEOUT_SECONDS", defaults.redis_timeout_seconds, float,
                                       0.05, 60.0),
         key_prefix=_key_prefix(env, defaults.key_prefix),
@@ -220,6 +223,35 @@ def _url(env: Mapping[str, str], name: str, default: str, schemes: tuple[str, ..
     if scheme not in schemes:
         raise ConfigError(f"{name} must be a URL with scheme {' or '.join(schemes)}")
     return raw
+
+
+def _redis_url(env: Mapping[str, str], default: str, cluster: bool) -> str:
+    url = _url(env, "REDIS_URL", default, ("redis", "rediss", "unix"), ("url", "REDIS_URL"))
+    if cluster:
+        parts = urlsplit(url)
+        if parts.scheme == "unix":
+            raise ConfigError("REDIS_URL cannot be a unix:// socket with REDIS_CLUSTER=true")
+        if parts.path.strip("/") not in ("", "0"):
+            raise ConfigError("REDIS_URL must use database 0 (or none) with REDIS_CLUSTER=true: a cluster has only one")
+    return url
+
+
+_NODE = re.compile(r"(?P<host>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):(?P<port>[0-9]{1,5})")
+
+
+def _cluster_nodes(env: Mapping[str, str], cluster: bool) -> tuple[tuple[str, int], ...]:
+    raw = _raw(env, "REDIS_CLUSTER_NODES")
+    if raw is None:
+        return ()
+    if not cluster:
+        raise ConfigError("REDIS_CLUSTER_NODES is set but REDIS_CLUSTER is not true")
+    nodes = []
+    for item in raw.split(","):
+        match = _NODE.fullmatch(item.strip())
+        if match is None or not 1 <= int(match["port"]) <= 65_535:
+            raise ConfigError(f"REDIS_CLUSTER_NODES must be host:port[,host:port...], got {item.strip()[:80]!r}")
+        nodes.append((match["host"].strip("[]"), int(match["port"])))
+    return tuple(nodes)
 
 
 def _key_prefix(env: Mapping[str, str], default: str) -> str:

@@ -170,7 +170,10 @@ def serve(event: ProxyEvent, route: RouteHandler[Deps], dependencies: Callable[[
         code = exc.code
         response = problem_response(exc, request)
         if status_of(exc) >= 500:
-            log.warning("request failed: %s", exc.detail, exc_info=exc.__cause__ is not None)
+            # An outage is expected and repeats: one compact line with its cause, not a trace per request.
+            cause = exc.__cause__
+            log.warning("request failed: %s", exc.detail, extra={"fields": {
+                "cause": None if cause is None else f"{type(cause).__name__}: {cause}"[:300]}})
     except Exception:
         code = "internal-error"
         log.exception("unhandled error")

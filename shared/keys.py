@@ -1,52 +1,95 @@
 """The Redis key layout. Every key of one account, and its partition's log, share one hash tag.
 
-    <prefix>:{p<n>}:stream:<account id>     the account's events, entry id = "<version>-0"
-    <prefix>:{p<n>}:version:<account id>    the account's current version (a plain integer)
-    <prefix>:{p<n>}:snapshot:<account id>   the account's state every SNAPSHOT_INTERVAL versions (JSON)
-    <prefix>:{p<n>}:idem:<account id>:<key> an idempotency record (hash, with a TTL)
-    <prefix>:{p<n>}:log                     every event of partition n, in append order
-    <prefix>:{p<n>}:parked                  projector dead letters of partition n
+    {<prefix>:p<n>:<s>}:stream:<account id>       the account's events, entry id = "<version>-0"
+    {<prefix>:p<n>:<s>}:version:<account id>      the account's current version (a plain integer)
+    {<prefix>:p<n>:<s>}:snapshot:<account id>     the account's state every SNAPSHOT_INTERVAL versions
+    {<prefix>:p<n>:<s>}:idem:<account id>:<key>   an idempotency record (hash, with a TTL)
+    {<prefix>:p<n>:<s>}:log                       every event of partition n, in append order
+    {<prefix>:p<n>:<s>}:...                       the projector's keys of partition n (see projector/)
 
-``n`` is a stable hash of the account id modulo the partition count, and ``{p<n>}`` is the Redis Cluster
-hash tag, so one script can write an account's stream, version and partition log atomically on a single
-node and on a cluster. The prefix keeps account ids from colliding with anything else in the database.
+``n`` is a stable hash of the account id modulo the partition count, and the braces hold the Redis Cluster
+hash tag: one script can write an account's stream, version and partition log atomically on a single node
+and on a cluster. The tag starts with the prefix, so account ids cannot collide with anything else in the
+database and two deployments on one cluster use different slots.
+
+``s`` places the partition: it is the smallest number for which the tag's slot falls in the middle of the
+partition's share of the 16384 slots (partition n of P owns slots [n·16384/P, (n+1)·16384/P), and ``s`` aims
+at the middle quarter of that band). With the cluster's default even slot allocation, N masters then hold
+P/N partitions each (16 on 3 masters: 5/6/5), instead of wherever 16 hashes happened to land.
+
+This layout is frozen by ``tests/unit/test_keys.py``: changing it re-homes every account.
 """
 
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from binascii import crc_hqx
+from dataclasses import dataclass, field
+
+CLUSTER_SLOTS = 16384
+
+
+def slot_of(tag: str) -> int:
+    """The Redis Cluster slot of a hash tag (CRC16-XMODEM, the algorithm Redis uses)."""
+    return crc_hqx(tag.encode(), 0) % CLUSTER_SLOTS
 
 
 @dataclass(frozen=True)
 class KeySpace:
     prefix: str
     partitions: int
+    _tags: dict[int, str] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def partition_of(self, account_id: str) -> int:
         # crc32, not hash(): Python's str hash is salted per process, and every process must agree.
         return zlib.crc32(account_id.encode()) % self.partitions
 
-    def _base(self, partition: int) -> str:
-        return f"{self.prefix}:{{p{partition}}}"
+    def tag(self, partition: int) -> str:
+        """The partition's hash tag, braces included (computed once per partition and process)."""
+        found = self._tags.get(partition)
+        if found is None:
+            found = self._tags[partition] = "{" + _place(self.prefix, partition, self.partitions) + "}"
+        return found
+
+    def slot(self, partition: int) -> int:
+        return slot_of(self.tag(partition)[1:-1])
 
     def stream(self, account_id: str) -> str:
-        return f"{self._base(self.partition_of(account_id))}:stream:{account_id}"
+        return f"{self.tag(self.partition_of(account_id))}:stream:{account_id}"
 
     def version(self, account_id: str) -> str:
-        return f"{self._base(self.partition_of(account_id))}:version:{account_id}"
+        return f"{self.tag(self.partition_of(account_id))}:version:{account_id}"
 
     def snapshot(self, account_id: str) -> str:
-        return f"{self._base(self.partition_of(account_id))}:snapshot:{account_id}"
+        return f"{self.tag(self.partition_of(account_id))}:snapshot:{account_id}"
 
     def idempotency(self, account_id: str, key: str) -> str:
-        return f"{self._base(self.partition_of(account_id))}:idem:{account_id}:{key}"
+        return f"{self.tag(self.partition_of(account_id))}:idem:{account_id}:{key}"
 
     def partition_log(self, partition: int) -> str:
-        return f"{self._base(partition)}:log"
+        return f"{self.tag(partition)}:log"
 
-    def parked(self, partition: int) -> str:
-        return f"{self._base(partition)}:parked"
+    def partition_key(self, partition: int, name: str) -> str:
+        """Another key of the partition (the projector's leases, parked entries, ...): same slot as its log."""
+        return f"{self.tag(partition)}:{name}"
 
-    def all_partition_logs(self) -> list[str]:
-        return [self.partition_log(p) for p in range(self.partitions)]
+    def pattern(self, kind: str = "*") -> str:
+        """A SCAN pattern for this prefix's keys of one kind (``stream``, ``version``, ...)."""
+        return f"{{{self.prefix}:p*}}:{kind}:*"
+
+    def global_key(self, name: str) -> str:
+        """A key that belongs to no partition (the projector's membership list)."""
+        return f"{{{self.prefix}:global}}:{name}"
+
+
+def _place(prefix: str, partition: int, partitions: int) -> str:
+    start = partition * CLUSTER_SLOTS // partitions
+    width = (partition + 1) * CLUSTER_SLOTS // partitions - start
+    low = start + 3 * width // 8
+    high = max(low + 1, start + 5 * width // 8)
+    salt = 0
+    while True:
+        tag = f"{prefix}:p{partition}:{salt}"
+        if low <= slot_of(tag) < high:
+            return tag
+        salt += 1

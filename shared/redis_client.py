@@ -12,6 +12,7 @@ from typing import Any
 
 import redis
 from redis.backoff import EqualJitterBackoff
+from redis.cluster import ClusterNode
 from redis.exceptions import (
     BusyLoadingError,
     ClusterDownError,
@@ -25,6 +26,7 @@ from redis.retry import Retry
 
 from shared.config import Settings
 from shared.errors import StoreUnavailable
+from shared.keys import KeySpace
 
 #: Errors that mean "Redis cannot answer now" (down, failing over, loading), as opposed to our bugs.
 UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
@@ -49,12 +51,16 @@ def build_client(settings: Settings) -> redis.Redis:
     if settings.redis_password is not None:
         options["password"] = settings.redis_password
     if settings.redis_cluster:
-        cluster: redis.Redis = redis.RedisCluster.from_url(settings.redis_url, **options)  # type: ignore[assignment]
+        # Builds the slot map now, from the first seed that answers; none answering raises
+        # RedisClusterException, which the caller reports as an outage (see ``runtime.redis_client``).
+        seeds = [ClusterNode(host, port) for host, port in settings.redis_cluster_nodes]  # type: ignore[no-untyped-call]
+        cluster: redis.Redis = redis.RedisCluster(url=settings.redis_url, startup_nodes=seeds,  # type: ignore[assignment]
+                                                  **options)
         return cluster
     return redis.Redis.from_url(settings.redis_url, health_check_interval=30, **options)
 
 
-def is_cluster(client: redis.Redis) -> bool:
+def is_cluster(client: object) -> bool:
     return isinstance(client, redis.RedisCluster)
 
 
@@ -65,3 +71,31 @@ def unavailable_as_store_error() -> Iterator[None]:
         yield
     except UNAVAILABLE_ERRORS as exc:
         raise StoreUnavailable(f"Redis is unavailable: {type(exc).__name__}") from exc
+
+
+def check_ready(client: redis.Redis, keys: KeySpace) -> None:
+    """Raise ``StoreUnavailable`` unless requests can succeed now.
+
+    A single node must answer PING. On a cluster, every master that owns one of the partitions must answer
+    and report ``cluster_state:ok``: one node answering says nothing about the others.
+    """
+    with unavailable_as_store_error():
+        if not is_cluster(client):
+            client.ping()
+            return
+        cluster: Any = client
+        owners: dict[str, list[int]] = {}
+        for partition in range(keys.partitions):
+            node = cluster.get_node_from_key(keys.partition_log(partition))
+            owners.setdefault(node.name, []).append(partition)
+        for name, partitions in owners.items():
+            try:
+                info = cluster.cluster_info(target_nodes=cluster.get_node(node_name=name))
+            except UNAVAILABLE_ERRORS as exc:
+                # The address goes to the log with the cause; the client learns which partitions are affected.
+                raise StoreUnavailable(f"Redis Cluster is not ready: the master owning partitions {partitions} "
+                                       "does not answer") from exc
+            state = info.get("cluster_state") if isinstance(info, dict) else None
+            if state != "ok":
+                raise StoreUnavailable(f"Redis Cluster is not ready: a master owning partitions {partitions} "
+                                       f"reports cluster_state:{state}")

@@ -11,12 +11,15 @@ from __future__ import annotations
 from functools import cache
 
 import redis
+from redis.exceptions import RedisClusterException
 
 from shared import logs
 from shared.api import Dependencies
 from shared.config import Settings, load_settings
+from shared.errors import StoreUnavailable
 from shared.keys import KeySpace
 from shared.redis_client import build_client, unavailable_as_store_error
+from shared.redis_client import check_ready as redis_client_check_ready
 from shared.redis_store import RedisEventStore
 from shared.service import AccountService
 
@@ -29,18 +32,26 @@ def settings() -> Settings:
 
 
 @cache
+def keys() -> KeySpace:
+    config = settings()
+    return KeySpace(config.key_prefix, config.partitions)
+
+
+@cache
 def redis_client() -> redis.Redis:
     # A cluster client discovers the topology while it is built: an unreachable cluster is a 503 like any
     # other Redis outage, and the next request tries again (a failed build is not cached).
-    with unavailable_as_store_error():
-        return build_client(settings())
+    try:
+        with unavailable_as_store_error():
+            return build_client(settings())
+    except RedisClusterException as exc:  # the settings are validated, so this means "no seed answered"
+        raise StoreUnavailable(f"Redis Cluster is unreachable: {type(exc).__name__}") from exc
 
 
 @cache
 def dependencies() -> Dependencies:
     config = settings()
-    store = RedisEventStore(redis_client(), KeySpace(config.key_prefix, config.partitions),
-                            config.idempotency_ttl_seconds)
+    store = RedisEventStore(redis_client(), keys(), config.idempotency_ttl_seconds)
     service = AccountService(store, max_attempts=config.command_max_attempts,
                              snapshot_interval=config.snapshot_interval)
     return Dependencies(service, config)
@@ -49,12 +60,11 @@ def dependencies() -> Dependencies:
 def reset() -> None:
     """Forget the wiring (tests change the environment between cases)."""
     settings.cache_clear()
+    keys.cache_clear()
     redis_client.cache_clear()
     dependencies.cache_clear()
 
 
 def check_ready() -> None:
-    """Readiness: Redis answers. Raises ``StoreUnavailable`` when it does not."""
-    client = redis_client()
-    with unavailable_as_store_error():
-        client.ping()
+    """Readiness (see ``redis_client.check_ready``). Raises ``StoreUnavailable`` when requests cannot succeed."""
+    redis_client_check_ready(redis_client(), keys())

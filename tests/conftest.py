@@ -2,8 +2,10 @@
 
 Which server: ``TEST_REDIS_URL`` if set (it must answer); otherwise the local default
 ``redis://127.0.0.1:6379`` (database 15) if it answers; otherwise a throwaway ``redis-server`` started on a
-free port for this session. If none can be had, Redis tests are skipped with the reason, except when
-``CI=true``, where they fail: CI must never pass by silently skipping them.
+free port for this session. With ``TEST_REDIS_CLUSTER=1`` every Redis test runs a second time on a real
+3-master Redis Cluster started for the session (test ids end in ``[cluster]``). If no server can be had,
+Redis tests are skipped with the reason, except when ``CI=true``, where they fail: CI must never pass by
+silently skipping them.
 
 Every test gets its own key prefix and its keys are deleted afterwards, so the suite can share a server.
 
@@ -16,6 +18,7 @@ one, so a test that needs a server but lacks its marker cannot hide in the fast 
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,9 +28,11 @@ import redis
 from pymongo import MongoClient
 
 from devstack.mongo_standin import MongoStandIn
+from devstack.redis_cluster import LocalCluster
 from devstack.redis_server import RedisProcess, answers
 from shared import runtime
 from shared.keys import KeySpace
+from tests.support.targets import RedisTarget, delete_keys
 
 LOCAL_DEFAULT_URL = "redis://127.0.0.1:6379/15"
 
@@ -45,17 +50,30 @@ def _refuse_servers_offline(what: str) -> None:
         pytest.fail(f"LEDGER_TESTS_OFFLINE is set but this test asks for {what}: give it the right marker")
 
 
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
+def _topologies() -> list[str]:
+    """Every Redis test runs on a single node, and again on a real 3-master cluster with TEST_REDIS_CLUSTER=1."""
+    cluster = os.environ.get("TEST_REDIS_CLUSTER", "").lower() in {"1", "true", "yes"}
+    return ["standalone", "cluster"] if cluster else ["standalone"]
+
+
+@pytest.fixture(scope="session", params=_topologies())
+def redis_target(request: pytest.FixtureRequest) -> Iterator[RedisTarget]:
     _refuse_servers_offline("a Redis server")
+    if request.param == "cluster":
+        yield from _cluster_target()
+    else:
+        yield from _standalone_target()
+
+
+def _standalone_target() -> Iterator[RedisTarget]:
     explicit = os.environ.get("TEST_REDIS_URL")
     if explicit:
         if not answers(explicit):
             pytest.fail(f"TEST_REDIS_URL={explicit} does not answer PING")
-        yield explicit
+        yield RedisTarget("standalone", explicit)
         return
     if answers(LOCAL_DEFAULT_URL):
-        yield LOCAL_DEFAULT_URL
+        yield RedisTarget("standalone", LOCAL_DEFAULT_URL)
         return
     try:
         server = RedisProcess().start()
@@ -64,9 +82,22 @@ def redis_url() -> Iterator[str]:
             pytest.fail(f"CI=true and no Redis server could be had: {exc}")
         pytest.skip(f"no Redis server: {exc}")
     try:
-        yield server.url
+        yield RedisTarget("standalone", server.url)
     finally:
         server.stop()
+
+
+def _cluster_target() -> Iterator[RedisTarget]:
+    try:
+        cluster = LocalCluster(masters=3).start()
+    except (FileNotFoundError, RuntimeError, subprocess.SubprocessError) as exc:
+        if _in_ci():
+            pytest.fail(f"CI=true and no Redis Cluster could be started: {exc}")
+        pytest.skip(f"no Redis Cluster: {exc}")
+    try:
+        yield RedisTarget("cluster", cluster.url, cluster.nodes_setting)
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture
@@ -75,14 +106,12 @@ def key_prefix() -> str:
 
 
 @pytest.fixture
-def redis_client(redis_url: str, key_prefix: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
+def redis_client(redis_target: RedisTarget, key_prefix: str) -> Iterator[redis.Redis]:
+    client = redis_target.client()
     try:
         yield client
     finally:
-        keys = list(client.scan_iter(match=f"{key_prefix}:*", count=1000))
-        if keys:
-            client.delete(*keys)
+        delete_keys(client, KeySpace(key_prefix, 1).pattern())
         client.close()
 
 
@@ -92,10 +121,12 @@ def keyspace(key_prefix: str) -> KeySpace:
 
 
 @pytest.fixture
-def live_env(monkeypatch: pytest.MonkeyPatch, redis_client: redis.Redis, redis_url: str,
+def live_env(monkeypatch: pytest.MonkeyPatch, redis_client: redis.Redis, redis_target: RedisTarget,
              key_prefix: str) -> Iterator[KeySpace]:
     """Point the handlers' per-process wiring at the test Redis and this test's key prefix."""
-    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.delenv("REDIS_CLUSTER_NODES", raising=False)
+    for name, value in redis_target.env().items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("LEDGER_KEY_PREFIX", key_prefix)
     monkeypatch.setenv("LEDGER_PARTITIONS", "8")
     monkeypatch.setenv("LOG_LEVEL", "WARNING")
@@ -141,7 +172,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     integration = Path(__file__).parent / "integration"
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
-        if item.path.is_relative_to(integration) or fixtures & {"redis_url", "redis_client", "live_env"}:
+        if item.path.is_relative_to(integration) or fixtures & {"redis_target", "redis_client", "live_env"}:
             item.add_marker(pytest.mark.redis)
         if "mongo_standin" in fixtures:
             item.add_marker(pytest.mark.mongo)

@@ -15,6 +15,7 @@ from openapi_spec_validator import validate
 
 from devstack.redis_server import free_port
 from gateway.routes import ROUTES
+from tests.support.targets import RedisTarget
 from tests.support.tools import tool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,12 +46,13 @@ def test_every_write_documents_its_headers() -> None:
 
 
 @pytest.mark.slow
-def test_schemathesis_against_the_live_gateway(redis_url: str, key_prefix: str, redis_client: object) -> None:
+def test_schemathesis_against_the_live_gateway(redis_target: RedisTarget, key_prefix: str,
+                                               redis_client: object) -> None:
     st = tool("st") or tool("schemathesis")
     if st is None:
         pytest.fail("schemathesis is not installed; it is part of the dev extra")
     port = free_port()
-    env = {**os.environ, "REDIS_URL": redis_url, "LEDGER_KEY_PREFIX": key_prefix, "LOG_LEVEL": "WARNING",
+    env = {**os.environ, **redis_target.env(), "LEDGER_KEY_PREFIX": key_prefix, "LOG_LEVEL": "WARNING",
            "GUNICORN_BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": "2"}
     server = subprocess.Popen([sys.executable, "-m", "gunicorn", "--config", "gateway/gunicorn.conf.py",
                                "gateway:create_app()"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,

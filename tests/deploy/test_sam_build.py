@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.apigw import make_event
+from tests.support.targets import RedisTarget
 from tests.support.tools import tool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,12 +58,12 @@ def invoke(build: Path, function: str, event: dict[str, object], env: dict[str, 
 
 
 @pytest.mark.slow
-def test_the_build_output_serves_every_route(build_dir: Path, redis_url: str, key_prefix: str,
+def test_the_build_output_serves_every_route(build_dir: Path, redis_target: RedisTarget, key_prefix: str,
                                              redis_client: object) -> None:
     layer = build_dir / "SharedLayer" / "python"
     assert (layer / "shared" / "append.lua").exists(), "the layer must keep the shared/ package folder"
     assert not (layer / "event_store.py").exists()
-    env = {"REDIS_URL": redis_url, "LEDGER_KEY_PREFIX": key_prefix, "LOG_LEVEL": "WARNING", "PATH": "/usr/bin"}
+    env = {**redis_target.env(), "LEDGER_KEY_PREFIX": key_prefix, "LOG_LEVEL": "WARNING", "PATH": "/usr/bin"}
     calls = [("CreateAccountFunction", make_event("create_account", "lambda-acct"), 201),
              ("DepositFunction", make_event("deposit", "lambda-acct", {"amount": "12.50"}), 200),
              ("WithdrawFunction", make_event("withdraw", "lambda-acct", {"amount": "2.50"}), 200),

@@ -21,6 +21,7 @@ from shared.account import DEPOSITED, OPENED, WITHDRAWN
 from shared.keys import KeySpace
 from shared.stream_codec import decode_entries
 from tests.support.apigw import HANDLERS, body_of, call, make_event
+from tests.support.targets import ids_on_every_master
 
 pytestmark = pytest.mark.usefixtures("live_env")
 
@@ -128,25 +129,31 @@ def _open(account_id: str) -> None:
 @pytest.mark.parametrize("hammer", [hammer_with_threads, hammer_with_processes], ids=["threads", "processes"])
 def test_concurrent_writers_on_one_account(live_env: KeySpace,
                                            hammer: Callable[[str, int, int], list[Outcome]]) -> None:
-    _open("hot")
-    outcomes = hammer("hot", 16, 25)
-    assert len(outcomes) == 400
-    assert sum(o.status == 200 for o in outcomes) > 100, "suspiciously few successes"
-    check_history(live_env, "hot", outcomes)
+    for hot in ids_on_every_master(runtime.redis_client(), live_env, "hot"):
+        _open(hot)
+        outcomes = hammer(hot, 16, 25)
+        assert len(outcomes) == 400
+        assert sum(o.status == 200 for o in outcomes) > 100, "suspiciously few successes"
+        check_history(live_env, hot, outcomes)
 
 
-def test_concurrent_creates_admit_exactly_one() -> None:
-    barrier = threading.Barrier(16)
+def _create_concurrently(account_id: str, count: int) -> list[int]:
+    barrier = threading.Barrier(count)
     statuses: list[int] = []
 
     def creator() -> None:
         barrier.wait()
-        statuses.append(call("create_account", "fresh")["statusCode"])
+        statuses.append(call("create_account", account_id)["statusCode"])
 
-    threads = [threading.Thread(target=creator) for _ in range(16)]
+    threads = [threading.Thread(target=creator) for _ in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert sorted(statuses) == [201] + [409] * 15
-    assert body_of(call("get_account", "fresh"))["version"] == 1
+    return statuses
+
+
+def test_concurrent_creates_admit_exactly_one(live_env: KeySpace) -> None:
+    for fresh in ids_on_every_master(runtime.redis_client(), live_env, "fresh"):
+        assert sorted(_create_concurrently(fresh, 16)) == [201] + [409] * 15
+        assert body_of(call("get_account", fresh))["version"] == 1

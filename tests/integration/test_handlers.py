@@ -105,7 +105,8 @@ def test_keys_follow_the_documented_layout(live_env: KeySpace) -> None:
 
     call("create_account", "bob")
     client: redis.Redis = runtime.redis_client()
-    partition = live_env.partition_of("bob")
-    assert client.type(f"{live_env.prefix}:{{p{partition}}}:stream:bob") == b"stream"
-    assert client.get(f"{live_env.prefix}:{{p{partition}}}:version:bob") == b"1"
-    assert client.xlen(f"{live_env.prefix}:{{p{partition}}}:log") == 1
+    tag = live_env.tag(live_env.partition_of("bob"))
+    assert tag.startswith("{" + live_env.prefix + ":p")
+    assert client.type(f"{tag}:stream:bob") == b"stream"
+    assert client.get(f"{tag}:version:bob") == b"1"
+    assert client.xlen(f"{tag}:log") == 1

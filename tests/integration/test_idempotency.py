@@ -7,7 +7,10 @@ from typing import Any
 
 import pytest
 
+from shared import runtime
+from shared.keys import KeySpace
 from tests.support.apigw import body_of, call
+from tests.support.targets import ids_on_every_master
 
 pytestmark = pytest.mark.usefixtures("live_env")
 
@@ -90,15 +93,16 @@ def test_create_is_idempotent_too() -> None:
 
 
 @pytest.mark.parametrize(("route", "amount"), [("deposit", "7.25"), ("withdraw", "50.00")])
-def test_concurrent_retries_move_money_once(route: str, amount: str) -> None:
-    _funded("acc", "50.00")
-    responses = _concurrently(
-        16, lambda: call(route, "acc", {"amount": amount}, headers={"Idempotency-Key": "burst"}))
-    assert {r["statusCode"] for r in responses} == {200}
-    assert len({r["body"] for r in responses}) == 1
-    account = body_of(call("get_account", "acc"))
-    assert account["version"] == 3
-    assert account["funds"] == ("57.25" if route == "deposit" else "0.00")
+def test_concurrent_retries_move_money_once(live_env: KeySpace, route: str, amount: str) -> None:
+    for account_id in ids_on_every_master(runtime.redis_client(), live_env):
+        _funded(account_id, "50.00")
+        responses = _concurrently(
+            16, lambda a=account_id: call(route, a, {"amount": amount}, headers={"Idempotency-Key": "burst"}))
+        assert {r["statusCode"] for r in responses} == {200}
+        assert len({r["body"] for r in responses}) == 1
+        account = body_of(call("get_account", account_id))
+        assert account["version"] == 3
+        assert account["funds"] == ("57.25" if route == "deposit" else "0.00")
 
 
 def test_failed_requests_are_not_recorded() -> None:

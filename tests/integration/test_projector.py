@@ -39,6 +39,7 @@ from tests.support.readmodel import (
     read_model,
     settings,
 )
+from tests.support.targets import RedisTarget
 
 pytestmark = pytest.mark.mongo
 
@@ -195,8 +196,8 @@ def test_mongodb_outage_loses_nothing(client: redis.Redis, live_env: KeySpace, t
         mongo.stop()
 
 
-def _env(keys: KeySpace, redis_url: str, mongo_uri: str, database: str, **extra: str) -> dict[str, str]:
-    return {"REDIS_URL": redis_url, "LEDGER_KEY_PREFIX": keys.prefix, "LEDGER_PARTITIONS": str(keys.partitions),
+def _env(keys: KeySpace, target: RedisTarget, mongo_uri: str, database: str, **extra: str) -> dict[str, str]:
+    return {**target.env(), "LEDGER_KEY_PREFIX": keys.prefix, "LEDGER_PARTITIONS": str(keys.partitions),
             "MONGODB_URI": mongo_uri, "MONGODB_DATABASE": database, "PROJECTOR_BLOCK_MS": "100",
             "PROJECTOR_CLAIM_IDLE_MS": "1000", "PROJECTOR_HEALTH_PORT": "0", "LOG_LEVEL": "INFO", **extra}
 
@@ -226,11 +227,11 @@ def _terminate(process: subprocess.Popen[bytes]) -> float:
 
 
 @pytest.mark.slow
-def test_sigkill_mid_batch_then_restart_converges(client: redis.Redis, live_env: KeySpace, redis_url: str,
+def test_sigkill_mid_batch_then_restart_converges(client: redis.Redis, live_env: KeySpace, redis_target: RedisTarget,
                                                   mongo_standin: MongoStandIn, mongo_db: str,
                                                   processes: list[subprocess.Popen[bytes]]) -> None:
     burst(accounts=30, writers=8, operations=150)
-    env = _env(live_env, redis_url, mongo_standin.uri, mongo_db, PROJECTOR_CONSUMER="worker-1",
+    env = _env(live_env, redis_target, mongo_standin.uri, mongo_db, PROJECTOR_CONSUMER="worker-1",
                PROJECTOR_BATCH_SIZE="25")
     first = projector_process(env)
     processes.append(first)
@@ -251,11 +252,11 @@ def test_sigkill_mid_batch_then_restart_converges(client: redis.Redis, live_env:
 
 
 @pytest.mark.slow
-def test_two_projectors_in_one_group(client: redis.Redis, live_env: KeySpace, redis_url: str,
+def test_two_projectors_in_one_group(client: redis.Redis, live_env: KeySpace, redis_target: RedisTarget,
                                      mongo_standin: MongoStandIn, mongo_db: str,
                                      processes: list[subprocess.Popen[bytes]]) -> None:
     for name in ("worker-a", "worker-b"):
-        processes.append(projector_process(_env(live_env, redis_url, mongo_standin.uri, mongo_db,
+        processes.append(projector_process(_env(live_env, redis_target, mongo_standin.uri, mongo_db,
                                                 PROJECTOR_CONSUMER=name, PROJECTOR_BATCH_SIZE="10")))
     burst(accounts=10, writers=8, operations=60)  # while both consume
     _wait_drained(client, live_env)
@@ -314,10 +315,10 @@ def test_catch_up_applies_what_arrived_during_a_rebuild(client: redis.Redis, liv
     assert_read_model_matches(client, live_env, mongo_standin.uri, mongo_db)
 
 
-def test_status_and_parked_commands(client: redis.Redis, live_env: KeySpace, redis_url: str,
+def test_status_and_parked_commands(client: redis.Redis, live_env: KeySpace, redis_target: RedisTarget,
                                     mongo_standin: MongoStandIn, mongo_db: str) -> None:
     call("create_account", "acct")
-    env = {**os.environ, **_env(live_env, redis_url, mongo_standin.uri, mongo_db)}
+    env = {**os.environ, **_env(live_env, redis_target, mongo_standin.uri, mongo_db)}
     status = subprocess.run([sys.executable, "-m", "projector", "status"], env=env, capture_output=True,
                             text=True, check=True)
     lines = status.stdout.splitlines()

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
-import fakeredis
 import pytest
 import redis
 
@@ -19,14 +18,10 @@ from shared.service import AccountService, CommandContext
 from tests.support.events import new_event
 
 
-@pytest.fixture(params=["fakeredis", "real"])
-def client(request: pytest.FixtureRequest) -> Iterator[redis.Redis]:
-    if request.param == "fakeredis":
-        fake = fakeredis.FakeRedis()
-        yield fake
-        fake.close()
-    else:
-        yield request.getfixturevalue("redis_client")
+@pytest.fixture
+def client(redis_client: redis.Redis) -> redis.Redis:
+    """Real Redis only: the contract suite covers snapshots on the fake and fakeredis too."""
+    return redis_client
 
 
 @pytest.fixture

@@ -50,7 +50,7 @@ def drain(projector: Projector, quiet_steps: int = 3, timeout: float = 60.0) -> 
 def expected_from_streams(client: redis.Redis, keys: KeySpace) -> dict[str, tuple[int, int]]:
     """(balance, version) per account, rebuilt from the account streams (the source of truth)."""
     result = {}
-    for key in client.scan_iter(match=f"{keys.prefix}:*:stream:*", count=1000):
+    for key in client.scan_iter(match=keys.pattern("stream"), count=1000):
         events = decode_entries(client.xrange(key))
         state = account.rebuild(events[0].account_id, events)
         result[state.id] = (state.balance, state.version)

@@ -11,12 +11,12 @@ def test_defaults() -> None:
 
 def test_values_are_parsed() -> None:
     settings = load_settings({
-        "REDIS_URL": "redis://:secret@redis:6380/2", "REDIS_CLUSTER": "true", "LEDGER_PARTITIONS": "64",
+        "REDIS_URL": "redis://:secret@redis:6380/2", "LEDGER_PARTITIONS": "64",
         "LEDGER_KEY_PREFIX": "prod.ledger", "IDEMPOTENCY_TTL_SECONDS": "3600", "LOG_LEVEL": "debug",
         "REDIS_TIMEOUT_SECONDS": "0.5",
     })
     assert settings.redis_url == "redis://:secret@redis:6380/2"
-    assert settings.redis_cluster
+    assert not settings.redis_cluster
     assert settings.partitions == 64
     assert settings.key_prefix == "prod.ledger"
     assert settings.idempotency_ttl_seconds == 3600
@@ -39,3 +39,33 @@ def test_url_errors_do_not_echo_secrets() -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings({"REDIS_URL": "http://user:hunter2@host"})
     assert "hunter2" not in str(caught.value)
+
+
+def test_cluster_seed_nodes() -> None:
+    settings = load_settings({"REDIS_URL": "rediss://:pw@node-1:7000", "REDIS_CLUSTER": "true",
+                              "REDIS_CLUSTER_NODES": "node-2:7000, node-3.example.com:7001,[::1]:7002"})
+    assert settings.redis_cluster
+    assert settings.redis_cluster_nodes == (("node-2", 7000), ("node-3.example.com", 7001), ("::1", 7002))
+
+
+@pytest.mark.parametrize(("environ", "message"), [
+    ({"REDIS_CLUSTER_NODES": "node-2:7000"}, "REDIS_CLUSTER is not true"),
+    ({"REDIS_CLUSTER": "true", "REDIS_CLUSTER_NODES": "node-2"}, "host:port"),
+    ({"REDIS_CLUSTER": "true", "REDIS_CLUSTER_NODES": "node-2:99999"}, "host:port"),
+    ({"REDIS_CLUSTER": "true", "REDIS_URL": "redis://node-1:7000/3"}, "database 0"),
+    ({"REDIS_CLUSTER": "true", "REDIS_URL": "unix:///run/redis.sock"}, "unix"),
+])
+def test_cluster_settings_are_validated(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(environ)
+
+
+def test_the_dev_ports_move_every_tool_s_defaults() -> None:
+    from shared.config import load_projector_settings
+
+    assert load_settings({"DEV_REDIS_PORT": "6390"}).redis_url == "redis://localhost:6390/0"
+    assert load_projector_settings({"DEV_MONGO_PORT": "27090"}).mongodb_uri == "mongodb://localhost:27090"
+    assert load_settings({"DEV_REDIS_PORT": "6390", "REDIS_URL": "redis://elsewhere:1/0"}).redis_url == \
+        "redis://elsewhere:1/0"
+    with pytest.raises(ConfigError, match="DEV_REDIS_PORT"):
+        load_settings({"DEV_REDIS_PORT": "abc"})
