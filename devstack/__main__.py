@@ -9,6 +9,9 @@ prefixed logs (honcho). Ctrl-C stops the API and the projector first, then the s
            $DEV_STATE_DIR/mongo, reused likewise.
   API      http://127.0.0.1:$PORT (8080), $WEB_CONCURRENCY (2) workers; projector health on
            $PROJECTOR_HEALTH_PORT (8081).
+
+With --cluster, Redis is a 3-master Redis Cluster instead: redis-server processes on 127.0.0.1:7000-7002
+($DEV_CLUSTER_PORT moves the first; cluster bus on port + 10000), data (AOF) in $DEV_STATE_DIR/cluster.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from honcho.printer import Printer
 from devstack.mongo_standin import answers as mongo_answers
 from devstack.mongo_standin import command as mongo_command
 from devstack.process import port_in_use, spawn, terminate
+from devstack.redis_cluster import LocalCluster
 from devstack.redis_server import answers
 from shared.config import ConfigError, DevSettings, load_dev_settings
 
@@ -36,7 +40,8 @@ GUNICORN_CONFIG = ROOT / "gateway" / "gunicorn.conf.py"
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.parse_args(argv)
+    parser.add_argument("--cluster", action="store_true", help="run Redis as a local 3-master Redis Cluster")
+    args = parser.parse_args(argv)
     try:
         dev = load_dev_settings()
     except ConfigError as exc:
@@ -49,8 +54,12 @@ def main(argv: list[str] | None = None) -> int:
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     started: list[subprocess.Popen[bytes]] = []
+    cluster: LocalCluster | None = None
     try:
-        env["REDIS_URL"] = _redis(env, dev, started)
+        if args.cluster:
+            cluster = _cluster(env, dev)
+        else:
+            env["REDIS_URL"] = _redis(env, dev, started)
         env["MONGODB_URI"] = _mongo(env, dev, started)
         manager = Manager(Printer(sys.stdout))
         manager.add_process("projector", f"{sys.executable} -m projector run", env=env)
@@ -68,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for process in reversed(started):  # the API and the projector are gone by now: servers last
             terminate(process)
+        if cluster is not None:
+            cluster.stop()
 
 
 def _busy_port(dev: DevSettings) -> str | None:
@@ -101,6 +112,30 @@ def _redis(env: dict[str, str], dev: DevSettings, started: list[subprocess.Popen
                          log=data / "redis.log", own_session=True))
     print(f"devstack: started redis-server on port {dev.redis_port} (log: {data / 'redis.log'})")
     return url
+
+
+def _cluster(env: dict[str, str], dev: DevSettings) -> LocalCluster | None:
+    """Start the local cluster (or reuse one still running) and point the stack at it; None when reused."""
+    if env.get("REDIS_URL"):
+        raise RuntimeError("--cluster starts its own Redis Cluster: unset REDIS_URL, or run without --cluster "
+                           "and set REDIS_CLUSTER=true to use a cluster of your own")
+    ports = [dev.cluster_port + n for n in range(3)]
+    addresses = [f"127.0.0.1:{port}" for port in ports]
+    env.update({"REDIS_URL": f"redis://{addresses[0]}", "REDIS_CLUSTER": "true",
+                "REDIS_CLUSTER_NODES": ",".join(addresses[1:])})
+    print(f"devstack: for other tools: export REDIS_CLUSTER=true REDIS_URL={env['REDIS_URL']} "
+          f"REDIS_CLUSTER_NODES={env['REDIS_CLUSTER_NODES']}")
+    if all(answers(f"redis://{address}/0") for address in addresses):
+        print(f"devstack: reusing the Redis Cluster already answering on ports {ports[0]}-{ports[-1]}")
+        return None
+    if shutil.which("redis-server") is None:
+        raise RuntimeError("redis-server not found; install it (apt-get install redis-server)")
+    cluster = LocalCluster(masters=3, directory=dev.state_dir / "cluster", ports=ports,
+                           extra_args=("--appendonly", "yes", "--appendfsync", "always", "--save", ""))
+    cluster.start()
+    print(f"devstack: started a 3-master Redis Cluster on ports {ports[0]}-{ports[-1]} "
+          f"(data and logs: {dev.state_dir / 'cluster'})")
+    return cluster
 
 
 def _mongo(env: dict[str, str], dev: DevSettings, started: list[subprocess.Popen[bytes]]) -> str:

@@ -113,9 +113,11 @@ class LocalCluster:
 
     def _create(self) -> None:
         masters = self.nodes[: self.masters]
-        subprocess.run(["redis-cli", "--cluster", "create", *(n.address for n in masters),
-                        "--cluster-replicas", "0", "--cluster-yes"],
-                       check=True, capture_output=True, timeout=60)
+        created = subprocess.run(["redis-cli", "--cluster", "create", *(n.address for n in masters),
+                                  "--cluster-replicas", "0", "--cluster-yes"],
+                                 capture_output=True, text=True, timeout=60, check=False)
+        if created.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed: {(created.stdout + created.stderr)[-500:]}")
         if not self.replicas:
             return
         first = masters[0].client()

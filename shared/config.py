@@ -74,6 +74,7 @@ class DevSettings:
     mongo_port: int = 27017
     projector_health_port: int = 8081
     state_dir: Path = Path(".devstack")
+    cluster_port: int = 7000
 
 
 def load_dev_settings(environ: Mapping[str, str] | None = None) -> DevSettings:
@@ -86,6 +87,7 @@ def load_dev_settings(environ: Mapping[str, str] | None = None) -> DevSettings:
         mongo_port=_number(env, "DEV_MONGO_PORT", defaults.mongo_port, int, 1, 65_535),
         projector_health_port=_number(env, "PROJECTOR_HEALTH_PORT", defaults.projector_health_port, int, 0, 65_535),
         state_dir=Path(_raw(env, "DEV_STATE_DIR") or defaults.state_dir).resolve(),
+        cluster_port=_number(env, "DEV_CLUSTER_PORT", defaults.cluster_port, int, 1, 55_533),
     )
 
 

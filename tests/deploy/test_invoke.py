@@ -48,3 +48,11 @@ def test_a_bad_invocation_is_one_line_not_a_traceback(arguments: list[str], mess
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_cluster_mode_reaches_the_functions() -> None:
+    _, _, env = invoke.resolve("DepositFunction", invoke.ROOT / "template.yaml",
+                               {"RedisCluster": "true", "RedisClusterNodes": "node-2:6379,node-3:6379"})
+    assert (env["REDIS_CLUSTER"], env["REDIS_CLUSTER_NODES"]) == ("true", "node-2:6379,node-3:6379")
+    _, _, plain = invoke.resolve("DepositFunction", invoke.ROOT / "template.yaml", {})
+    assert plain["REDIS_CLUSTER"] == "false" and "REDIS_CLUSTER_NODES" not in plain
