@@ -26,8 +26,9 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
+# Every Redis-backed test runs on a single node and again on a real 3-master Redis Cluster it starts itself.
 pytest: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	TEST_REDIS_CLUSTER=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 

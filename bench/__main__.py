@@ -1,6 +1,6 @@
 """``python -m bench [name ...]``: run the benchmarks (all by default) and print a results table.
 
-Names: handler, http, store-size, history, append, cold-start, projector, lag. Each figure is printed next
+Names: handler, http, store-size, history, append, cold-start, projector, takeover, lag. Each figure is printed next
 to the limit it is compared with, measured in the same run, and each run ends with a correctness check.
 """
 
@@ -25,6 +25,7 @@ BENCHMARKS: dict[str, Callable[[], Any]] = {
     "append": inprocess.append_path,
     "cold-start": inprocess.cold_start,
     "projector": projector_load.backlog_throughput,
+    "takeover": projector_load.takeover,
     "lag": projector_load.end_to_end_lag,
 }
 

@@ -62,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
             env["REDIS_URL"] = _redis(env, dev, started)
         env["MONGODB_URI"] = _mongo(env, dev, started)
         manager = Manager(Printer(sys.stdout))
-        manager.add_process("projector", f"{sys.executable} -m projector run", env=env)
+        # Health on loopback: a laptop is not a container behind a platform probe.
+        manager.add_process("projector", f"{sys.executable} -m projector run",
+                            env={**env, "PROJECTOR_HEALTH_BIND": env.get("PROJECTOR_HEALTH_BIND", "127.0.0.1")})
         api_env = {**env, "GUNICORN_BIND": f"127.0.0.1:{dev.port}", "WEB_CONCURRENCY": str(dev.workers),
                    "GUNICORN_GRACEFUL_TIMEOUT": "5"}
         manager.add_process("api", f"{sys.executable} -m gunicorn --config {GUNICORN_CONFIG} "

@@ -43,17 +43,35 @@ class RedisProcess:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    extra_args: tuple[str, ...] = ()
+
+    @property
+    def directory(self) -> Path:
+        assert self.workdir is not None
+        return Path(self.workdir.name)
+
     def start(self, timeout: float = 10.0, extra_args: tuple[str, ...] = ()) -> RedisProcess:
+        """Start (or, after ``kill``, start again on the same port and directory)."""
         binary = shutil.which("redis-server")
         if binary is None:
             raise FileNotFoundError("redis-server is not installed (Debian/Ubuntu: apt-get install redis-server)")
-        self.workdir = tempfile.TemporaryDirectory(prefix="ledgerstream-redis-")
-        log = Path(self.workdir.name) / "redis.log"
+        if self.workdir is None:
+            self.workdir = tempfile.TemporaryDirectory(prefix="ledgerstream-redis-")
+            self.extra_args = extra_args
+        log = self.directory / "redis.log"
+        # Later arguments win, so extra_args may turn persistence on.
         self.process = spawn(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self.workdir.name, "--logfile", str(log), *extra_args],
+             "--dir", str(self.directory), "--logfile", str(log), *self.extra_args],
             lambda: answers(self.url, 0.2), timeout, f"redis-server on port {self.port} (see {log})")
         return self
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, keeping the directory (and whatever it persisted) for a restart."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
 
     def stop(self) -> None:
         terminate(self.process)

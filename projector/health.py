@@ -1,27 +1,74 @@
-"""``GET /healthz`` for container platforms: 200 while the loop is turning, 503 once it has stalled."""
+"""What the projector reports about itself, and the HTTP endpoints that serve it.
+
+* ``/healthz`` (liveness): 503 once the loop has not turned, or has not made progress, for
+  ``PROJECTOR_STALL_SECONDS`` while it has work. Progress means entries settled (applied, skipped or
+  parked), or nothing to do. Backing off during an outage counts as progress: restarting would not help.
+* ``/readyz``: 503 while Redis or MongoDB is out of reach, or while a partition's read model is known to
+  disagree with its log (a repair or re-projection is under way).
+
+Both answer JSON with the details, so a human can read the same thing the platform acts on.
+"""
 
 from __future__ import annotations
 
 import json
 import threading
 import time
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from projector.worker import Health
+
+@dataclass(slots=True)
+class Health:
+    """Updated by the loop, read by the health server's thread (single values: no lock needed)."""
+
+    stall_s: float = 60.0
+    started: float = field(default_factory=time.monotonic)
+    last_beat: float = field(default_factory=time.monotonic)
+    last_progress: float = field(default_factory=time.monotonic)
+    has_work: bool = False
+    redis_up: bool = True
+    mongo_up: bool = True
+    owned: tuple[int, ...] = ()
+    #: partition -> why its read model is known to disagree with its log right now
+    diverged: dict[int, str] = field(default_factory=dict)
+    batches: int = 0
+    events_applied: int = 0
+
+    def beat(self) -> None:
+        self.last_beat = time.monotonic()
+
+    def progressed(self) -> None:
+        self.last_progress = time.monotonic()
+
+    def live(self) -> tuple[bool, dict[str, object]]:
+        now = time.monotonic()
+        silent, stuck = now - self.last_beat, now - self.last_progress
+        ok = silent < self.stall_s and not (self.has_work and stuck >= self.stall_s)
+        return ok, {"status": "ok" if ok else "stalled", "seconds_since_beat": round(silent, 3),
+                    "seconds_since_progress": round(stuck, 3), "has_work": self.has_work,
+                    "owned_partitions": list(self.owned), "batches": self.batches,
+                    "events_applied": self.events_applied}
+
+    def ready(self) -> tuple[bool, dict[str, object]]:
+        ok = self.redis_up and self.mongo_up and not self.diverged
+        return ok, {"status": "ready" if ok else "not ready", "redis_up": self.redis_up, "mongo_up": self.mongo_up,
+                    "diverged": {str(p): why for p, why in sorted(self.diverged.items())},
+                    "owned_partitions": list(self.owned)}
 
 
-def serve(health: Health, port: int, stall_after_s: float) -> ThreadingHTTPServer:
+def serve(health: Health, bind: str, port: int) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            if self.path.split("?")[0] != "/healthz":
-                self._reply(404, {"status": "not found"})
+            path = self.path.split("?")[0]
+            if path == "/healthz":
+                ok, body = health.live()
+            elif path == "/readyz":
+                ok, body = health.ready()
+            else:
+                self._reply(404, {"status": "not found", "paths": ["/healthz", "/readyz"]})
                 return
-            silent = time.monotonic() - health.last_beat
-            body: dict[str, object] = {"status": "ok" if silent < stall_after_s else "stalled",
-                    "seconds_since_beat": round(silent, 3), "redis_up": health.redis_up,
-                    "mongo_up": health.mongo_up, "batches": health.batches,
-                    "events_applied": health.events_applied}
-            self._reply(200 if silent < stall_after_s else 503, body)
+            self._reply(200 if ok else 503, body)
 
         def _reply(self, status: int, body: dict[str, object]) -> None:
             data = json.dumps(body).encode()
@@ -34,6 +81,6 @@ def serve(health: Health, port: int, stall_after_s: float) -> ThreadingHTTPServe
         def log_message(self, format: str, *args: object) -> None:  # health probes would flood the log
             return
 
-    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)  # probes come from outside the container
-    threading.Thread(target=server.serve_forever, name="healthz", daemon=True).start()
+    server = ThreadingHTTPServer((bind, port), Handler)
+    threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
     return server

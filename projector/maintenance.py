@@ -1,25 +1,29 @@
-"""Operator commands: rebuild the read model blue/green, and replay parked events."""
+"""Operator repairs: rebuild the read model blue/green, catch up after it, replay parked events, and verify
+every document against its account stream."""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
 from projector import projection
-from projector.consumer import ParkedEntry, PartitionConsumer
-from projector.projection import LogEntry
-from projector.read_model import ReadModel
+from projector.apply import apply_entries
+from projector.projection import entry_position
+from projector.read_model import CheckpointWrite, Document, ReadModel, Repair, document
+from projector.reader import LogReader, ParkedEntry, to_entry
+from projector.selfcheck import History
+from shared import account
 from shared.account import Account
 from shared.errors import CorruptHistory
-from shared.stream_codec import decode_mapping
+from shared.money import format_minor
 
 log = logging.getLogger("ledgerstream.projector")
 _SCAN_COUNT = 5_000
-_PARKING_FIELDS = {b"original_id", b"error", b"deliveries", b"parked_at", b"group"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,55 +35,91 @@ class RebuildReport:
     seconds: float
 
 
-def rebuild(consumer: PartitionConsumer, live: ReadModel, timestamps_kept: int,
-            progress: bool = True) -> RebuildReport:
+@dataclass(slots=True)
+class _Built:
+    state: Account
+    event_ids: deque[str]
+    log_ids: deque[str]
+    partition: int
+    position: tuple[int, int]
+
+
+def rebuild(reader: LogReader, live: ReadModel, history: History, kept: int, progress: bool = True) -> RebuildReport:
     """Project every partition log from its start into a fresh collection, swap it in, then catch up.
 
     The live collection keeps serving (and the live projector keeps updating it) until the swap. Events
-    appended after the snapshot are applied to the new collection by a version-guarded catch-up pass, so
-    nothing the live projector acknowledged in the meantime is missing from the new collection.
+    appended after the snapshot of the log ends are applied to the new collection by a version-guarded
+    catch-up, so nothing the live projector acknowledged in the meantime is missing from it.
     """
     started = time.monotonic()
-    ends = consumer.log_ends()
-    states: dict[str, Account] = {}
-    recent: dict[str, deque[str]] = {}
+    partitions = range(reader.keys.partitions)
+    ends = {p: reader.log_end(p) for p in partitions}
+    built: dict[str, _Built] = {}
     events = refused = 0
-    with tqdm(total=consumer.total_length(), disable=not progress, unit="event", desc="rebuild") as bar:
-        for partition in consumer.partitions:
-            after = "0-0"
-            while ends[partition] != "0-0":
-                entries = consumer.scan(partition, after, ends[partition], _SCAN_COUNT)
-                if not entries:
-                    break
-                decoded = [e.event for e in entries if e.event is not None]
-                refused += len(entries) - len(decoded) + len(projection.fold(decoded, states))
+    with tqdm(total=sum(reader.length(p) for p in partitions), disable=not progress, unit="event",
+              desc="rebuild") as bar:
+        for partition in partitions:
+            for entries in _chunks(reader, partition, "0-0", ends[partition]):
                 for entry in entries:
-                    if entry.event is not None:
-                        recent.setdefault(entry.event.account_id, deque(maxlen=timestamps_kept)).append(entry.entry_id)
+                    refused += not _fold(built, entry, partition, kept)
                 events += len(entries)
-                after = entries[-1].entry_id
                 bar.update(len(entries))
-    built = live.sibling(f"{live.name}_rebuild_{int(time.time())}")
-    built.recreate()
-    built.insert(states.values(), {k: list(v) for k, v in recent.items()})
-    live.replace_with(built)
-    caught_up = catch_up(consumer, live, ends)
-    return RebuildReport(events, len(states), refused, caught_up, time.monotonic() - started)
+    fresh = live.sibling(f"{live.name}_rebuild_{int(time.time())}")
+    fresh.recreate()
+    fresh.insert(document(b.state, list(b.event_ids), list(b.log_ids), b.partition, b.position)
+                 for b in built.values())
+    checkpoints = [CheckpointWrite(p, end, _event_id(reader, p, end)) for p, end in ends.items() if end != "0-0"]
+    fresh.write((), checkpoints)
+    live.replace_with(fresh)
+    caught_up = catch_up(reader, live, history, ends)
+    return RebuildReport(events, len(built), refused, caught_up, time.monotonic() - started)
 
 
-def catch_up(consumer: PartitionConsumer, model: ReadModel, after: dict[int, str]) -> int:
+def _fold(built: dict[str, _Built], entry: projection.LogEntry, partition: int, kept: int) -> bool:
+    """Fold one log entry into the rebuilt state of its account; False if it cannot be applied."""
+    event = entry.event
+    if event is None:
+        return False
+    item = built.get(event.account_id)
+    state = item.state if item is not None else Account(event.account_id)
+    if event.version <= state.version:
+        return True  # the same event twice in the log: nothing to do
+    try:
+        state = account.apply_recorded(state, event)
+    except CorruptHistory:
+        return False
+    if item is None:
+        item = built[event.account_id] = _Built(state, deque(maxlen=kept), deque(maxlen=kept), partition, (0, 0))
+    item.state = state
+    item.event_ids.append(event.event_id)
+    item.log_ids.append(entry.entry_id)
+    item.position = entry.position
+    return True
+
+
+def _chunks(reader: LogReader, partition: int, after: str, until: str) -> Iterator[list[projection.LogEntry]]:
+    while until != "0-0":
+        entries = reader.scan(partition, after, until, _SCAN_COUNT)
+        if not entries:
+            return
+        yield entries
+        after = entries[-1].entry_id
+
+
+def _event_id(reader: LogReader, partition: int, entry_id: str) -> str:
+    found = reader.entry(partition, entry_id)
+    return found.event.event_id if found is not None and found.event is not None else ""
+
+
+def catch_up(reader: LogReader, model: ReadModel, history: History, after: dict[int, str]) -> int:
     """Apply, version-guarded, every entry past ``after`` (per partition) that the model lacks."""
     applied = 0
-    for partition in consumer.partitions:
-        cursor = after[partition]
-        while True:
-            entries = consumer.scan(partition, cursor, "+", _SCAN_COUNT)
-            if not entries:
-                break
-            plan = projection.plan(entries, model.current(e.event.account_id for e in entries if e.event))
-            done, _ = model.write(plan.writes)
-            applied += sum(len(w.entries) for w in plan.writes if w.after.id in done)
-            cursor = entries[-1].entry_id
+    for partition, start in after.items():
+        for entries in _chunks(reader, partition, start, "+"):
+            last = entries[-1]
+            outcome = apply_entries(entries, model, history, CheckpointWrite(
+                partition, last.entry_id, last.event.event_id if last.event is not None else ""))
+            applied += sum(1 for e in outcome.settled if e.event is not None)
     return applied
 
 
@@ -87,30 +127,98 @@ def catch_up(consumer: PartitionConsumer, model: ReadModel, after: dict[int, str
 class ReplayReport:
     replayed: list[str]
     remaining: list[tuple[str, str]]
+    released: list[str]
 
 
-def replay_parked(consumer: PartitionConsumer, model: ReadModel, partitions: list[int] | None = None,
+def replay_parked(reader: LogReader, model: ReadModel, history: History, partitions: Sequence[int] | None = None,
                   ids: set[str] | None = None) -> ReplayReport:
-    """Apply parked events (after a fix) with the same version-guarded writes, and unpark what took."""
-    parked = [p for p in consumer.parked(partitions) if ids is None or p.parked_id in ids or p.original_id in ids]
+    """Apply parked events again (after a fix), in log order; unpark what took, and lift the quarantine of
+    every account left with nothing parked."""
+    chosen = list(range(reader.keys.partitions)) if partitions is None else list(partitions)
+    parked = [p for p in reader.parked(chosen) if ids is None or p.parked_id in ids or p.original_id in ids]
+    parked.sort(key=lambda p: entry_position(p.original_id))
     by_entry: dict[tuple[int, str], ParkedEntry] = {}
-    entries: list[LogEntry] = []
+    entries = []
     for item in parked:
-        fields = {k: v for k, v in item.fields.items() if k not in _PARKING_FIELDS}
-        try:
-            event = decode_mapping(fields)
-        except CorruptHistory as exc:
-            entries.append(LogEntry(item.partition, item.original_id, fields, None, exc.detail))
-        else:
-            entries.append(LogEntry(item.partition, item.original_id, fields, event))
+        entries.append(to_entry(item.partition, item.original_id, item.entry_fields))
         by_entry[item.partition, item.original_id] = item
-    plan = projection.plan(entries, model.current(e.event.account_id for e in entries if e.event))
-    done, refused = model.write(plan.writes)
-    took = list(plan.done) + [e for w in plan.writes if w.after.id in done for e in w.entries]
-    for entry in took:
-        consumer.unpark(by_entry[entry.partition, entry.entry_id])
-    remaining = [(e.entry_id, error) for e, error in plan.failed]
-    remaining += [(e.entry_id, "gap: an earlier version is neither projected nor parked") for e in plan.deferred]
-    remaining += [(e.entry_id, refused.get(w.after.id, "lost a race; run replay again"))
-                  for w in plan.writes if w.after.id not in done for e in w.entries]
-    return ReplayReport([e.entry_id for e in took], remaining)
+    outcome = apply_entries(entries, model, history)
+    for entry in outcome.settled:
+        reader.unpark(by_entry[entry.partition, entry.entry_id])
+    remaining = [(e.entry_id, error) for e, error in outcome.failed]
+    still = {(p.partition, p.entry_fields.get(b"account_id", b"").decode()) for p in reader.parked(chosen)}
+    released = []
+    for partition in chosen:
+        for account_id in reader.quarantined(partition):
+            if (partition, account_id) not in still:
+                reader.lift_quarantine(partition, account_id)
+                released.append(account_id)
+    return ReplayReport([e.entry_id for e in outcome.settled], remaining, released)
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    accounts: int = 0
+    differences: list[str] = field(default_factory=list)
+    stream_total: int = 0
+    model_total: int = 0
+    repaired: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.differences and self.stream_total == self.model_total
+
+
+def verify(reader: LogReader, model: ReadModel, history: History, stream_accounts: Iterator[str],
+           repair: bool = False, progress: bool = True) -> VerifyReport:
+    """Compare every document with its account stream: version, balance, the recorded event ids, and the
+    sum of all balances. With ``repair``, rewrite every document that differs from its stream."""
+    documents = model.documents()
+    report = VerifyReport()
+    seen: set[str] = set()
+    with tqdm(disable=not progress, unit="account", desc="verify") as bar:
+        for account_id in stream_accounts:
+            seen.add(account_id)
+            report.accounts += 1
+            bar.update()
+            events = history(account_id, 0, None)
+            try:
+                state = account.rebuild(account_id, events)
+            except CorruptHistory as exc:
+                report.differences.append(f"{account_id}: its stream cannot be folded: {exc.detail}")
+                continue
+            report.stream_total += state.balance
+            doc = documents.get(account_id)
+            problem = _difference(state, [e.event_id for e in events], doc)
+            if doc is not None:
+                report.model_total += int(doc.get("balance_minor", 0))
+            if problem:
+                report.differences.append(f"{account_id}: {problem}")
+                if repair:
+                    partition = reader.keys.partition_of(account_id)
+                    position = (int(doc.get("log_ms", 0)), int(doc.get("log_seq", 0))) if doc else (0, 0)
+                    model.repair([Repair(account_id, state, [e.event_id for e in events], partition, position)])
+                    report.repaired.append(account_id)
+    for account_id, doc in documents.items():
+        if account_id not in seen:
+            report.model_total += int(doc.get("balance_minor", 0))
+            report.differences.append(f"{account_id}: in the read model, but no such account stream")
+            if repair:
+                model.repair([Repair(account_id, None, [], int(doc.get("partition", 0)), (0, 0))])
+                report.repaired.append(account_id)
+    return report
+
+
+def _difference(state: Account, event_ids: list[str], doc: Document | None) -> str | None:
+    if doc is None:
+        return f"missing from the read model (stream at version {state.version})"
+    version, balance = int(doc.get("version", 0)), int(doc.get("balance_minor", 0))
+    if version != state.version:
+        kind = "behind" if version < state.version else "ahead of"
+        return f"read model at version {version} is {kind} the stream at {state.version}"
+    if balance != state.balance:
+        return f"balance {format_minor(balance)} in the read model, {format_minor(state.balance)} in the stream"
+    recorded = list(doc.get("event_ids") or [])
+    if recorded and recorded != event_ids[-len(recorded):]:
+        return "the read model records other events than the stream holds for its latest versions"
+    return None

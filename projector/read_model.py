@@ -3,8 +3,19 @@
 One document per account::
 
     {_id: "alice", balance_minor: 0 (int64), balance: "0.00", version: 3,
-     timestamps: [the partition-log ids of the latest events, at most PROJECTOR_TIMESTAMPS_KEPT],
+     event_ids: [ids of the latest events, oldest first; the last is version 3's],
+     timestamps: [partition-log ids of the latest events delivered through the log],
+     partition: 7, log_ms: <int64>, log_seq: <int>,     (the last log entry applied, for the self-checks)
      created_at: <date>, updated_at: <date>}
+
+and, in the same collection, one checkpoint per partition and consumer group (``_id`` starts with "_",
+which no account id can)::
+
+    {_id: "_checkpoint.projector.p7", kind: "checkpoint", group, partition, entry_id, event_id,
+     owner, updated_ms}
+
+Checkpoints live next to the documents on purpose: whatever wipes or restores the collection wipes or
+restores them with it, so the projector can tell that MongoDB went back in time.
 
 Every write is guarded by the stored version (``{_id, version: expected}``), so a redelivered, reordered or
 concurrently projected event can never be applied twice. Money is int64 minor units (no Decimal128: the
@@ -14,28 +25,37 @@ local stand-in cannot store it), with a display string beside it.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from bson.int64 import Int64
-from pymongo import InsertOne, MongoClient, UpdateOne
+from pymongo import DeleteOne, InsertOne, MongoClient, ReplaceOne, UpdateOne
 from pymongo.collection import Collection
-from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure, WTimeoutError
+from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure, PyMongoError, WTimeoutError
 from pymongo.write_concern import WriteConcern
 
-from projector.projection import AccountWrite
+from projector.projection import AccountWrite, Current
 from shared.account import Account
 from shared.config import ProjectorSettings
 from shared.money import format_minor
 
 Document = dict[str, Any]
+Operation = InsertOne[Document] | UpdateOne | ReplaceOne[Document] | DeleteOne
 _DUPLICATE_KEY = 11000
+#: Account documents: everything but the checkpoints.
+ACCOUNTS: Mapping[str, Any] = {"kind": {"$exists": False}}
 
 
 class MongoUnavailable(Exception):
     """MongoDB cannot answer now; nothing was acknowledged, so everything stays pending."""
+
+
+#: Anything MongoDB can fail with, for a command-line tool that only reports it.
+MONGO_ERRORS: tuple[type[Exception], ...] = (MongoUnavailable, PyMongoError)
 
 
 @contextmanager
@@ -52,9 +72,50 @@ def connect_mongo(settings: ProjectorSettings) -> MongoClient[Document]:
                        socketTimeoutMS=timeout * 2, retryWrites=True, tz_aware=True)
 
 
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    partition: int
+    entry_id: str
+    event_id: str
+    owner: str
+    #: Wall-clock time of the last move, epoch milliseconds (a number: every server stores it the same way).
+    updated_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointWrite:
+    partition: int
+    entry_id: str
+    event_id: str
+    #: The entry the checkpoint must still hold for this move to happen (None: set it unconditionally). A
+    #: checkpoint that is not where its owner left it was wiped, restored or rebuilt under it.
+    expected: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    #: Accounts now at (or past) their target version.
+    applied: set[str]
+    #: Per-account errors that are not outages (a document MongoDB refuses).
+    refused: dict[str, str]
+    #: False when a guarded checkpoint was not where its owner expected it.
+    checkpoints_held: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Repair:
+    """An account's document as its stream says it should be (``state`` None: the account does not exist)."""
+
+    account_id: str
+    state: Account | None
+    event_ids: list[str]
+    partition: int
+    position: tuple[int, int]
+
+
 class ReadModel:
-    def __init__(self, client: MongoClient[Document], database: str, collection: str,
-                 timestamps_kept: int) -> None:
+    def __init__(self, client: MongoClient[Document], database: str, collection: str, kept: int,
+                 group: str = "projector", owner: str = "") -> None:
         self._client = client
         self._db = client[database]
         self.name = collection
@@ -62,29 +123,46 @@ class ReadModel:
         # afterwards cannot lose it. (On a standalone server "majority" is the one node.)
         self._collection: Collection[Document] = self._db.get_collection(
             collection, write_concern=WriteConcern(w="majority"))
-        self._kept = timestamps_kept
+        self._kept = kept
+        self.group = group
+        self.owner = owner
 
     def sibling(self, collection: str) -> ReadModel:
-        return ReadModel(self._client, self._db.name, collection, self._kept)
+        return ReadModel(self._client, self._db.name, collection, self._kept, self.group, self.owner)
 
     def ping(self) -> None:
         with mongo_unavailable_as_error():
             self._client.admin.command("ping")
 
-    def current(self, account_ids: Iterable[str]) -> dict[str, Account]:
+    # --- the live projection ---
+
+    def current(self, account_ids: Iterable[str]) -> dict[str, Current]:
         ids = list(set(account_ids))
         if not ids:
             return {}
         with mongo_unavailable_as_error():
-            found = self._collection.find({"_id": {"$in": ids}},
-                                          {"balance_minor": 1, "version": 1, "created_at": 1, "updated_at": 1})
-            return {doc["_id"]: _state(doc) for doc in found}
+            found = self._collection.find({"_id": {"$in": ids}, **ACCOUNTS},
+                                          {"balance_minor": 1, "version": 1, "created_at": 1, "updated_at": 1,
+                                           "event_ids": 1})
+            return {doc["_id"]: Current(_state(doc), tuple(doc.get("event_ids") or ())) for doc in found}
 
-    def write(self, writes: Sequence[AccountWrite]) -> tuple[set[str], dict[str, str]]:
-        """Apply ``writes``; return the accounts now at (or past) their target version, and per-account
-        errors that are not outages (a document MongoDB refuses)."""
-        if not writes:
-            return set(), {}
+    def write(self, writes: Sequence[AccountWrite], checkpoints: Sequence[CheckpointWrite] = (),
+              repairs: Sequence[Repair] = ()) -> WriteResult:
+        """Apply ``writes`` (version-guarded) and ``repairs`` (unconditional), then move ``checkpoints``."""
+        applied, refused = self._write_guarded(writes) if writes else (set(), {})
+        settle: list[Operation] = [self._repair(r) for r in repairs]
+        settle += [self._checkpoint(c) for c in checkpoints if c.expected is None]
+        guarded = [self._checkpoint(c) for c in checkpoints if c.expected is not None]
+        held = True
+        with mongo_unavailable_as_error():
+            if settle:
+                self._collection.bulk_write(settle, ordered=False)
+            if guarded:
+                # A guarded move that matched nothing: the checkpoint is not where its owner left it.
+                held = self._collection.bulk_write(guarded, ordered=False).matched_count == len(guarded)
+        return WriteResult(applied, refused, held)
+
+    def _write_guarded(self, writes: Sequence[AccountWrite]) -> tuple[set[str], dict[str, str]]:
         ops = [self._operation(w) for w in writes]
         errors: dict[str, str] = {}
         with mongo_unavailable_as_error():
@@ -102,20 +180,85 @@ class ReadModel:
             # its stored version.
             stored = self.current(w.after.id for w in writes)
         applied = {w.after.id for w in writes
-                   if w.after.id in stored and stored[w.after.id].version >= w.after.version}
+                   if w.after.id in stored and stored[w.after.id].state.version >= w.after.version}
         return applied, {k: v for k, v in errors.items() if k not in applied}
 
     def _operation(self, write: AccountWrite) -> InsertOne[Document] | UpdateOne:
         state = write.after
-        ids = write.entry_ids[-self._kept:]
+        log_ids = write.entry_ids[-self._kept:]
+        ms, seq = write.last_position
+        partition = write.entries[0].partition
         if write.expected_version == 0:
-            return InsertOne(document(state, ids))
+            return InsertOne(document(state, write.event_ids[-self._kept:], log_ids, partition, (ms, seq)))
         return UpdateOne(
             {"_id": state.id, "version": write.expected_version},
             {"$set": {"balance_minor": Int64(state.balance), "balance": format_minor(state.balance),
-                      "version": state.version, "updated_at": _time(state.updated_at)},
-             "$push": {"timestamps": {"$each": ids, "$slice": -self._kept}}},
+                      "version": state.version, "updated_at": _time(state.updated_at), "partition": partition,
+                      "log_ms": Int64(ms), "log_seq": seq},
+             "$push": {"timestamps": {"$each": log_ids, "$slice": -self._kept},
+                       "event_ids": {"$each": write.event_ids, "$slice": -self._kept}}},
         )
+
+    def _repair(self, repair: Repair) -> ReplaceOne[Document] | DeleteOne:
+        if repair.state is None:
+            return DeleteOne({"_id": repair.account_id})
+        return ReplaceOne({"_id": repair.account_id},
+                          document(repair.state, repair.event_ids[-self._kept:], [], repair.partition,
+                                   repair.position), upsert=True)
+
+    def _checkpoint(self, checkpoint: CheckpointWrite) -> UpdateOne:
+        where: dict[str, Any] = {"_id": self._checkpoint_id(checkpoint.partition)}
+        if checkpoint.expected is not None:
+            where["entry_id"] = checkpoint.expected
+        return UpdateOne(where, {"$set": {"kind": "checkpoint", "group": self.group, "partition": checkpoint.partition,
+                                          "entry_id": checkpoint.entry_id, "event_id": checkpoint.event_id,
+                                          "owner": self.owner, "updated_ms": Int64(time.time() * 1000)}},
+                         upsert=checkpoint.expected is None)
+
+    def _checkpoint_id(self, partition: int) -> str:
+        return f"_checkpoint.{self.group}.p{partition}"
+
+    def checkpoint(self, partition: int) -> Checkpoint | None:
+        with mongo_unavailable_as_error():
+            doc = self._collection.find_one({"_id": self._checkpoint_id(partition)})
+        if doc is None:
+            return None
+        updated = doc.get("updated_ms")
+        return Checkpoint(partition, str(doc["entry_id"]), str(doc.get("event_id", "")), str(doc.get("owner", "")),
+                          int(updated) if updated is not None else None)
+
+    def applied_after(self, partition: int, position: tuple[int, int]) -> list[str]:
+        """Accounts of ``partition`` whose last applied log entry lies after ``position``."""
+        ms, seq = position
+        with mongo_unavailable_as_error():
+            found = self._collection.find({"partition": partition, "log_ms": {"$gte": ms}, **ACCOUNTS},
+                                          {"log_ms": 1, "log_seq": 1})
+            return sorted(doc["_id"] for doc in found if (int(doc["log_ms"]), int(doc.get("log_seq", 0))) > (ms, seq))
+
+    def repair(self, repairs: Sequence[Repair]) -> None:
+        self.write((), (), repairs)
+
+    def create_checkpoint(self, partition: int) -> None:
+        """A partition that has never been projected starts at the beginning of its log."""
+        self.write((), [CheckpointWrite(partition, "0-0", "")])
+
+    # --- reading, for operators ---
+
+    def find(self, account_id: str) -> Document | None:
+        with mongo_unavailable_as_error():
+            return self._collection.find_one({"_id": account_id, **ACCOUNTS})
+
+    def documents(self) -> dict[str, Document]:
+        with mongo_unavailable_as_error():
+            return {doc["_id"]: doc for doc in self._collection.find(ACCOUNTS)}
+
+    def iterate(self, batch: int = 1000) -> Iterator[Document]:
+        with mongo_unavailable_as_error():
+            yield from self._collection.find(ACCOUNTS, batch_size=batch)
+
+    def count(self) -> int:
+        with mongo_unavailable_as_error():
+            return self._collection.count_documents(ACCOUNTS)
 
     # --- rebuild (blue/green) ---
 
@@ -123,12 +266,12 @@ class ReadModel:
         with mongo_unavailable_as_error():
             self._collection.drop()
 
-    def insert(self, states: Iterable[Account], timestamps: Mapping[str, list[str]], chunk: int = 1000) -> int:
+    def insert(self, documents: Iterable[Document], chunk: int = 1000) -> int:
         count = 0
         batch: list[Document] = []
         with mongo_unavailable_as_error():
-            for state in states:
-                batch.append(document(state, timestamps.get(state.id, [])[-self._kept:]))
+            for doc in documents:
+                batch.append(doc)
                 if len(batch) >= chunk:
                     self._collection.insert_many(batch, ordered=False)
                     count += len(batch)
@@ -137,10 +280,6 @@ class ReadModel:
                 self._collection.insert_many(batch, ordered=False)
                 count += len(batch)
         return count
-
-    def count(self) -> int:
-        with mongo_unavailable_as_error():
-            return self._collection.count_documents({})
 
     def replace_with(self, built: ReadModel) -> None:
         """Make ``built`` the live read model under this collection's name, without a moment of emptiness.
@@ -176,8 +315,8 @@ class ReadModel:
         ops: list[UpdateOne] = []
         for doc in built._collection.find({}):
             fields = {k: v for k, v in doc.items() if k != "_id"}
-            ops.append(UpdateOne({"_id": doc["_id"], "version": {"$lte": doc["version"]}}, {"$set": fields},
-                                 upsert=True))
+            guard = {"version": {"$lte": doc["version"]}} if "version" in doc else {}
+            ops.append(UpdateOne({"_id": doc["_id"], **guard}, {"$set": fields}, upsert=True))
             if len(ops) >= chunk:
                 self._apply_guarded(ops)
                 ops = []
@@ -193,22 +332,19 @@ class ReadModel:
             if others:
                 raise
 
-    def find(self, account_id: str) -> Document | None:
-        with mongo_unavailable_as_error():
-            return self._collection.find_one({"_id": account_id})
 
-    def documents(self) -> dict[str, Document]:
-        with mongo_unavailable_as_error():
-            return {doc["_id"]: doc for doc in self._collection.find({})}
-
-
-def document(state: Account, timestamps: list[str]) -> Document:
+def document(state: Account, event_ids: list[str], log_ids: list[str], partition: int,
+             position: tuple[int, int]) -> Document:
     return {
         "_id": state.id,
         "balance_minor": Int64(state.balance),
         "balance": format_minor(state.balance),
         "version": state.version,
-        "timestamps": timestamps,
+        "event_ids": event_ids,
+        "timestamps": log_ids,
+        "partition": partition,
+        "log_ms": Int64(position[0]),
+        "log_seq": position[1],
         "created_at": _time(state.opened_at),
         "updated_at": _time(state.updated_at),
     }

@@ -55,13 +55,19 @@ class ProjectorSettings:
     mongodb_collection: str = "accountCollection"
     mongodb_timeout_ms: int = 5_000
     group: str = "projector"
-    consumer: str = ""
+    #: A readable name for this replica; each process adds a random suffix, so two can never share an identity.
+    name: str = ""
     batch_size: int = 500
-    block_ms: int = 2_000
-    claim_idle_ms: int = 30_000
+    #: Longest wait between reads when every owned partition is idle (reads are per partition: no blocking
+    #: read can span partitions on a cluster).
+    poll_ms: int = 50
+    lease_ttl_ms: int = 10_000
     max_deliveries: int = 5
     timestamps_kept: int = 20
+    check_interval_s: int = 60
+    stall_s: int = 60
     health_port: int = 8081
+    health_bind: str = "0.0.0.0"  # probes come from outside the container
 
 
 @dataclass(frozen=True)
@@ -102,19 +108,33 @@ def load_projector_settings(environ: Mapping[str, str] | None = None) -> Project
         mongodb_collection=_name(env, "MONGODB_COLLECTION", defaults.mongodb_collection),
         mongodb_timeout_ms=_number(env, "MONGODB_TIMEOUT_MS", defaults.mongodb_timeout_ms, int, 100, 120_000),
         group=_name(env, "PROJECTOR_GROUP", defaults.group),
-        consumer=_name(env, "PROJECTOR_CONSUMER", "") or _default_consumer(),
+        name=_name(env, "PROJECTOR_NAME", "") or _default_name(),
         batch_size=_number(env, "PROJECTOR_BATCH_SIZE", defaults.batch_size, int, 1, 10_000),
-        block_ms=_number(env, "PROJECTOR_BLOCK_MS", defaults.block_ms, int, 10, 60_000),
-        claim_idle_ms=_number(env, "PROJECTOR_CLAIM_IDLE_MS", defaults.claim_idle_ms, int, 10, 86_400_000),
+        poll_ms=_number(env, "PROJECTOR_POLL_MS", defaults.poll_ms, int, 1, 5_000),
+        lease_ttl_ms=_number(env, "PROJECTOR_LEASE_TTL_MS", defaults.lease_ttl_ms, int, 500, 600_000),
         max_deliveries=_number(env, "PROJECTOR_MAX_DELIVERIES", defaults.max_deliveries, int, 1, 1_000),
         timestamps_kept=_number(env, "PROJECTOR_TIMESTAMPS_KEPT", defaults.timestamps_kept, int, 1, 1_000),
+        check_interval_s=_number(env, "PROJECTOR_CHECK_INTERVAL_S", defaults.check_interval_s, int, 1, 86_400),
+        stall_s=_number(env, "PROJECTOR_STALL_SECONDS", defaults.stall_s, int, 1, 86_400),
         health_port=_number(env, "PROJECTOR_HEALTH_PORT", defaults.health_port, int, 0, 65_535),
+        health_bind=_host(env, "PROJECTOR_HEALTH_BIND", defaults.health_bind),
     )
 
 
-def _default_consumer() -> str:
-    # The host name, not the pid: a restarted container keeps its name and resumes its own pending entries.
-    return re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:64] or "projector"
+def _default_name() -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:48] or "projector"
+
+
+_HOST = re.compile(r"[A-Za-z0-9.:-]{1,253}")
+
+
+def _host(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = _raw(env, name)
+    if raw is None:
+        return default
+    if not _HOST.fullmatch(raw):
+        raise ConfigError(f"{name} must be an address to bind, like 127.0.0.1 or 0.0.0.0, got {raw[:80]!r}")
+    return raw
 
 
 def _name(env: Mapping[str, str], name: str, default: str) -> str:

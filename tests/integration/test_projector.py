@@ -1,18 +1,14 @@
-"""The projector against a real Redis server and the MongoDB stand-in (nx-27017)."""
+"""The projector in process, against real Redis (single node and cluster) and the MongoDB stand-in: it projects
+what the streams say, never waits for a gap, parks and quarantines only what cannot be folded, and reports
+its health by progress."""
 
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
-import subprocess
-import sys
 import threading
-import time
+import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -22,30 +18,31 @@ from pymongo import MongoClient
 
 from devstack.mongo_standin import MongoStandIn
 from devstack.redis_server import free_port
-from projector import health, maintenance, projection
-from projector.consumer import PartitionConsumer
+from projector import health, maintenance
 from projector.read_model import ReadModel, connect_mongo
+from projector.reader import to_entry
 from shared import account, runtime
-from shared.events import RecordedEvent
+from shared.events import NewEvent, RecordedEvent
 from shared.keys import KeySpace
+from shared.redis_store import RedisEventStore
 from tests.support.apigw import call
+from tests.support.events import new_event
 from tests.support.readmodel import (
     COLLECTION,
     assert_read_model_matches,
     drain,
     group_drained,
     make_projector,
-    projector_process,
     read_model,
     settings,
 )
-from tests.support.targets import RedisTarget
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.mongo
 
 
-def burst(accounts: int, writers: int, operations: int, seed: int = 1) -> None:
-    """Concurrent traffic through the real handlers: creates, then a deposit/withdraw mix."""
+def burst(accounts: int, writers: int, operations: int, seed: int = 1) -> list[str]:
+    """Concurrent traffic through the real handlers: creates, then a deposit/withdraw mix. Returns the ids."""
     ids = [f"acct-{i}" for i in range(accounts)]
     for account_id in ids:
         assert call("create_account", account_id)["statusCode"] == 201
@@ -54,13 +51,15 @@ def burst(accounts: int, writers: int, operations: int, seed: int = 1) -> None:
         rng = random.Random(seed * 1000 + n)
         for _ in range(operations):
             route = "deposit" if rng.random() < 0.6 else "withdraw"
-            call(route, rng.choice(ids), {"amount": rng.randint(1, 5000) / 100})
+            amount = rng.randint(1, 5000)
+            call(route, rng.choice(ids), {"amount": f"{amount // 100}.{amount % 100:02d}"})
 
     threads = [threading.Thread(target=writer, args=(n,)) for n in range(writers)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    return ids
 
 
 @pytest.fixture
@@ -68,25 +67,29 @@ def client(live_env: KeySpace) -> redis.Redis:
     return runtime.redis_client()
 
 
+def _log_entries(client: redis.Redis, keys: KeySpace) -> list[Any]:
+    found = []
+    for partition in range(keys.partitions):
+        entries: Any = client.xrange(keys.partition_log(partition)) or []
+        found += [to_entry(partition, raw_id.decode(), fields) for raw_id, fields in entries]
+    return found
+
+
 def test_read_model_equals_the_streams_after_a_concurrent_burst(client: redis.Redis, live_env: KeySpace,
                                                                 mongo_standin: MongoStandIn, mongo_db: str) -> None:
-    burst(accounts=20, writers=16, operations=25)
+    ids = burst(accounts=20, writers=16, operations=25)
     projector = make_projector(client, live_env, settings(mongo_standin.uri, mongo_db, timestamps_kept=5))
     drain(projector)
     docs = assert_read_model_matches(client, live_env, mongo_standin.uri, mongo_db)
+    assert set(docs) == set(ids)
     sample = docs["acct-0"]
-    assert set(sample) == {"_id", "balance_minor", "balance", "version", "timestamps", "created_at", "updated_at"}
-    assert 1 <= len(sample["timestamps"]) <= 5
+    assert set(sample) == {"_id", "balance_minor", "balance", "version", "timestamps", "event_ids", "partition",
+                           "log_ms", "log_seq", "created_at", "updated_at"}
+    assert 1 <= len(sample["timestamps"]) <= 5 and len(sample["event_ids"]) == min(5, sample["version"])
     assert sample["created_at"] <= sample["updated_at"]
-    entries: Any = client.xrange(live_env.partition_log(live_env.partition_of("acct-0")))
-    log_ids = [entry_id for entry_id, fields in entries if fields[b"account_id"] == b"acct-0"]
-    assert sample["timestamps"] == [i.decode() for i in log_ids[-5:]]
+    log_ids = [e.entry_id for e in _log_entries(client, live_env) if e.account_id == "acct-0"]
+    assert sample["timestamps"] == log_ids[-5:]
     assert group_drained(client, live_env, "projector")
-
-
-def _log_entries(client: redis.Redis, keys: KeySpace) -> list[projection.LogEntry]:
-    consumer = PartitionConsumer(client, keys, "projector", "inspector")
-    return [e for p in range(keys.partitions) for e in consumer.scan(p, "0-0", "+", 10_000)]
 
 
 def test_redelivered_and_reordered_entries_change_nothing(client: redis.Redis, live_env: KeySpace,
@@ -99,95 +102,114 @@ def test_redelivered_and_reordered_entries_change_nothing(client: redis.Redis, l
     random.Random(3).shuffle(entries)
     for start in range(0, len(entries), 17):
         report = projector.process(entries[start:start + 17] * 2)
-        assert report.applied == 0
+        assert (report.applied, report.held, report.parked, report.repaired) == (0, 0, 0, 0)
     assert read_model(mongo_standin.uri, mongo_db) == before
 
 
-def test_a_gap_waits_and_then_fills(client: redis.Redis, live_env: KeySpace, mongo_standin: MongoStandIn,
-                                    mongo_db: str) -> None:
-    call("create_account", "gappy")
-    for _ in range(3):
-        call("deposit", "gappy", {"amount": 1})
+def test_entries_ahead_of_the_document_are_filled_from_the_stream_at_once(
+        client: redis.Redis, live_env: KeySpace, mongo_standin: MongoStandIn, mongo_db: str) -> None:
     projector = make_projector(client, live_env, settings(mongo_standin.uri, mongo_db))
-    entries = sorted(_log_entries(client, live_env), key=lambda e: e.event.version if e.event else 0)
-    first, second, third, fourth = entries
-    assert projector.process([first, third, fourth]).deferred == 2
-    assert read_model(mongo_standin.uri, mongo_db)["gappy"]["version"] == 1
-    projector.process([second])
-    assert read_model(mongo_standin.uri, mongo_db)["gappy"]["version"] == 2
-    time.sleep(0.05)
-    drain(projector)  # the deferred entries come back from memory and apply on top of version 2
+    projector.step()  # takes the partitions, before there is anything to read
+    call("create_account", "gappy")
+    for _ in range(4):
+        call("deposit", "gappy", {"amount": 1})
+    entries = sorted(_log_entries(client, live_env), key=lambda e: e.event.version)
+    first, _, _, fourth, fifth = entries
+    report = projector.process([fifth, first])  # out of order, with three versions never delivered
+    assert (report.applied, report.held) == (2, 0)
     doc = read_model(mongo_standin.uri, mongo_db)["gappy"]
-    assert (doc["version"], doc["balance_minor"]) == (4, 300)
+    assert (doc["version"], doc["balance_minor"]) == (5, 400)
+    assert projector.process([fourth]).skipped == 1  # the late one is recognised as already applied
 
 
-def _legacy_deposit(client: redis.Redis, keys: KeySpace, account_id: str, version: int) -> None:
-    """An event the projector cannot apply: a deposit in an older payload shape."""
-    client.xadd(keys.partition_log(keys.partition_of(account_id)), {
-        "version": version, "type": account.DEPOSITED, "account_id": account_id, "event_id": f"legacy-{version}",
-        "time": "2026-11-28T12:00:00Z", "schema": 0, "data": json.dumps({"amount": "5.00"}), "meta": "{}"})
+def test_a_dead_consumer_s_pending_entries_never_make_an_account_wait(
+        client: redis.Redis, live_env: KeySpace, mongo_standin: MongoStandIn, mongo_db: str) -> None:
+    call("create_account", "held-up")
+    partition = live_env.partition_of("held-up")
+    log = live_env.partition_log(partition)
+    client.xgroup_create(log, "projector", id="0", mkstream=True)
+    client.xreadgroup("projector", "pod-dead", {log: ">"}, count=1)  # reads version 1, then dies
+    for _ in range(30):
+        call("deposit", "held-up", {"amount": 1})
+    config = settings(mongo_standin.uri, mongo_db, lease_ttl_ms=600_000)  # no timer could have freed it
+    projector = make_projector(client, live_env, config)
+    drain(projector)
+    doc = read_model(mongo_standin.uri, mongo_db)["held-up"]
+    assert (doc["version"], doc["balance_minor"]) == (31, 3000)
+    assert projector.reader.parked(range(live_env.partitions)) == []
+    names = {c["name"] for c in client.xinfo_consumers(log, "projector")}
+    assert b"pod-dead" not in names  # claimed at takeover, then removed: no consumer left behind
 
 
-def test_poison_is_parked_without_blocking_others_and_replays_after_a_fix(
+def _append(store: RedisEventStore, account_id: str, version: int, event: NewEvent) -> None:
+    assert store.append(account_id, version, [event]).version == version + 1  # type: ignore[union-attr]
+
+
+def test_poison_parks_and_quarantines_only_its_account_then_replays_after_a_fix(
         client: redis.Redis, live_env: KeySpace, mongo_standin: MongoStandIn, mongo_db: str,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    call("create_account", "victim")
-    _legacy_deposit(client, live_env, "victim", 2)
+    store = RedisEventStore(client, live_env, 3600)
+    _append(store, "victim", 0, new_event("victim", "AccountOpened"))
+    # A newer writer recorded an event type this projector does not know, then more events after it.
+    _append(store, "victim", 1, new_event("victim", "FundsFrozen"))
+    _append(store, "victim", 2, new_event("victim", amount=700))
     call("create_account", "bystander")
     call("deposit", "bystander", {"amount": 7})
     projector = make_projector(client, live_env, settings(mongo_standin.uri, mongo_db, max_deliveries=3))
-    deadline = time.monotonic() + 20
-    while not projector.consumer.parked():
-        assert time.monotonic() < deadline, "poison was never parked"
+    partitions = range(live_env.partitions)
+    def parked_both() -> bool:
         projector.step()
-        time.sleep(0.02)
+        return len(projector.reader.parked(partitions)) == 2
+
+    wait_until(parked_both, 20, "the poison and the event behind it to be parked", interval=0.02)
+    drain(projector)
     docs = read_model(mongo_standin.uri, mongo_db)
-    assert docs["bystander"]["balance_minor"] == 700  # not blocked by the poison behind or before it
+    assert docs["bystander"]["balance_minor"] == 700  # never held up by the poison
     assert docs["victim"]["version"] == 1
-    [parked] = projector.consumer.parked()
-    assert parked.deliveries >= 3
-    assert "amount_minor" in parked.error
+    first, second = sorted(projector.reader.parked(partitions), key=lambda p: p.original_id)
+    assert first.deliveries >= 3 and "unknown event type" in first.error
+    assert "follows version 2" in second.error or "quarantined" in second.error
+    assert projector.reader.quarantined(live_env.partition_of("victim")).keys() == {"victim"}
     assert group_drained(client, live_env, "projector")  # parked means acknowledged on the log
 
-    # Still broken: replay keeps it parked and says why.
-    report = maintenance.replay_parked(projector.consumer, projector.read_model)
-    assert report.replayed == [] and len(report.remaining) == 1
+    # Still broken: the replay keeps both parked and says why.
+    report = maintenance.replay_parked(projector.reader, projector.read_model, projector.history)
+    assert report.replayed == [] and len(report.remaining) == 2
 
-    original_apply = account.apply_recorded
+    original = account.apply_recorded
 
-    def upcasting_apply(state: account.Account, event: RecordedEvent) -> account.Account:
-        if "amount" in event.data and "amount_minor" not in event.data:  # the fix: read the old payload shape
-            event = event._replace(data={"amount_minor": int(Decimal(event.data["amount"]) * 100)})
-        return original_apply(state, event)
+    def knows_frozen_funds(state: account.Account, event: RecordedEvent) -> account.Account:
+        if event.type == "FundsFrozen":  # the fix: a later release taught the projector this type
+            return account.Account(state.id, state.balance, event.version, state.opened_at, event.recorded_at)
+        return original(state, event)
 
-    monkeypatch.setattr(account, "apply_recorded", upcasting_apply)
-    report = maintenance.replay_parked(projector.consumer, projector.read_model)
-    assert len(report.replayed) == 1 and report.remaining == []
-    assert read_model(mongo_standin.uri, mongo_db)["victim"]["balance_minor"] == 500
-    assert projector.consumer.parked() == []
+    monkeypatch.setattr(account, "apply_recorded", knows_frozen_funds)
+    report = maintenance.replay_parked(projector.reader, projector.read_model, projector.history)
+    assert len(report.replayed) == 2 and report.remaining == [] and report.released == ["victim"]
+    doc = read_model(mongo_standin.uri, mongo_db)["victim"]
+    assert (doc["version"], doc["balance_minor"]) == (3, 700)
+    assert projector.reader.parked(partitions) == []
+    assert projector.reader.quarantined(live_env.partition_of("victim")) == {}
 
 
 def test_mongodb_outage_loses_nothing(client: redis.Redis, live_env: KeySpace, tmp_path: Path) -> None:
     mongo = MongoStandIn(tmp_path / "nx").start()
     try:
-        config = settings(mongo.uri, "outage", mongodb_timeout_ms=300)
-        projector = make_projector(client, live_env, config)
+        projector = make_projector(client, live_env, settings(mongo.uri, "outage", mongodb_timeout_ms=300))
         burst(accounts=4, writers=2, operations=5)
         drain(projector)
         mongo.stop()
-        burst(accounts=0, writers=0, operations=0)
         for account_id in ("acct-0", "acct-1"):
             call("deposit", account_id, {"amount": 3})
         runner = threading.Thread(target=projector.run)
         runner.start()
-        time.sleep(1.5)
-        assert not projector.health.mongo_up
+        wait_until(lambda: not projector.health.mongo_up, 20, "the projector to notice the outage")
+        ready, _ = projector.health.ready()
+        assert not ready
+        assert projector.health.live()[0]  # backing off is not a stall
         assert not group_drained(client, live_env, "projector")  # nothing acknowledged while MongoDB is down
         mongo.start()
-        deadline = time.monotonic() + 30
-        while not group_drained(client, live_env, "projector"):
-            assert time.monotonic() < deadline, "projector did not recover"
-            time.sleep(0.1)
+        wait_until(lambda: group_drained(client, live_env, "projector"), 30, "the projector to recover")
         projector.stop()
         runner.join(10)
         assert not runner.is_alive()
@@ -196,75 +218,45 @@ def test_mongodb_outage_loses_nothing(client: redis.Redis, live_env: KeySpace, t
         mongo.stop()
 
 
-def _env(keys: KeySpace, target: RedisTarget, mongo_uri: str, database: str, **extra: str) -> dict[str, str]:
-    return {**target.env(), "LEDGER_KEY_PREFIX": keys.prefix, "LEDGER_PARTITIONS": str(keys.partitions),
-            "MONGODB_URI": mongo_uri, "MONGODB_DATABASE": database, "PROJECTOR_BLOCK_MS": "100",
-            "PROJECTOR_CLAIM_IDLE_MS": "1000", "PROJECTOR_HEALTH_PORT": "0", "LOG_LEVEL": "INFO", **extra}
+def test_liveness_fails_when_the_loop_is_stuck_with_work_and_recovers(
+        client: redis.Redis, live_env: KeySpace, mongo_standin: MongoStandIn, mongo_db: str) -> None:
+    projector = make_projector(client, live_env, settings(mongo_standin.uri, mongo_db, stall_s=1))
+    stuck = threading.Event()
+    release = threading.Event()
+    original = projector.read_model.write
+
+    def stalling_write(*args: Any, **kwargs: Any) -> Any:
+        stuck.set()
+        release.wait(30)  # a MongoDB call that hangs, as a network partition would make it
+        return original(*args, **kwargs)
+
+    projector.read_model.write = stalling_write  # type: ignore[method-assign]
+    port = free_port()
+    server = health.serve(projector.health, "127.0.0.1", port)
+    runner = threading.Thread(target=projector.run)
+    runner.start()
+    try:
+        call("create_account", "slow")
+        wait_until(stuck.is_set, 20, "the injected stall")
+        wait_until(lambda: _status(port, "/healthz") == 503, 5, "liveness to fail within its threshold")
+        release.set()
+        wait_until(lambda: _status(port, "/healthz") == 200, 10, "liveness to recover")
+        assert _status(port, "/readyz") == 200
+        assert _status(port, "/nothing") == 404
+    finally:
+        release.set()
+        projector.stop()
+        runner.join(10)
+        server.shutdown()
 
 
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-
-
-def _wait_drained(client: redis.Redis, keys: KeySpace, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not group_drained(client, keys, "projector"):
-        assert time.monotonic() < deadline, "projector processes did not drain the logs"
-        time.sleep(0.1)
-
-
-def _terminate(process: subprocess.Popen[bytes]) -> float:
-    started = time.monotonic()
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(10) == 0
-    return time.monotonic() - started
-
-
-@pytest.mark.slow
-def test_sigkill_mid_batch_then_restart_converges(client: redis.Redis, live_env: KeySpace, redis_target: RedisTarget,
-                                                  mongo_standin: MongoStandIn, mongo_db: str,
-                                                  processes: list[subprocess.Popen[bytes]]) -> None:
-    burst(accounts=30, writers=8, operations=150)
-    env = _env(live_env, redis_target, mongo_standin.uri, mongo_db, PROJECTOR_CONSUMER="worker-1",
-               PROJECTOR_BATCH_SIZE="25")
-    first = projector_process(env)
-    processes.append(first)
-    assert first.stdout is not None
-    batches = 0
-    for line in first.stdout:  # kill it while it is busy, after a few batches have landed
-        batches += b'"message": "batch"' in line
-        if batches >= 5:
-            break
-    first.kill()
-    first.wait()
-    assert not group_drained(client, live_env, "projector"), "killed too late to prove anything"
-    second = projector_process(env)  # same consumer name: resumes its own pending entries first
-    processes.append(second)
-    _wait_drained(client, live_env)
-    assert _terminate(second) < 5
-    assert_read_model_matches(client, live_env, mongo_standin.uri, mongo_db)
-
-
-@pytest.mark.slow
-def test_two_projectors_in_one_group(client: redis.Redis, live_env: KeySpace, redis_target: RedisTarget,
-                                     mongo_standin: MongoStandIn, mongo_db: str,
-                                     processes: list[subprocess.Popen[bytes]]) -> None:
-    for name in ("worker-a", "worker-b"):
-        processes.append(projector_process(_env(live_env, redis_target, mongo_standin.uri, mongo_db,
-                                                PROJECTOR_CONSUMER=name, PROJECTOR_BATCH_SIZE="10")))
-    burst(accounts=10, writers=8, operations=60)  # while both consume
-    _wait_drained(client, live_env)
-    for process in processes:
-        assert _terminate(process) < 5
-    assert_read_model_matches(client, live_env, mongo_standin.uri, mongo_db)
-    consumers = {c["name"] for c in client.xinfo_consumers(live_env.partition_log(0), "projector")}
-    assert consumers <= {b"worker-a", b"worker-b"}
+def _status(port: int, path: str) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
+            json.loads(response.read())
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code
 
 
 def test_rebuild_matches_live_projection_and_never_empties_the_live_collection(
@@ -277,28 +269,31 @@ def test_rebuild_matches_live_projection_and_never_empties_the_live_collection(
     collection = mongo[mongo_db][COLLECTION]
     # Damage the live model the way a projection bug would; the rebuild must repair it.
     collection.update_one({"_id": "acct-3"}, {"$set": {"balance_minor": 123456789, "balance": "wrong"}})
-
     reads: list[int] = []
     running = threading.Event()
     running.set()
 
     def reader() -> None:
         while running.is_set():
-            reads.append(collection.count_documents({}))
+            reads.append(collection.count_documents({"kind": {"$exists": False}}))
 
     thread = threading.Thread(target=reader)
     thread.start()
     try:
-        report = maintenance.rebuild(projector.consumer, projector.read_model, 20, progress=False)
+        report = maintenance.rebuild(projector.reader, projector.read_model, projector.history, 20,
+                                     progress=False)
     finally:
         running.clear()
         thread.join()
     assert reads and min(reads) == len(live), "the live collection was not fully readable during the rebuild"
     assert report.accounts == len(live)
     rebuilt = read_model(mongo_standin.uri, mongo_db)
-    assert {k: (v["balance_minor"], v["balance"], v["version"], v["timestamps"]) for k, v in rebuilt.items()} == \
-        {k: (v["balance_minor"], v["balance"], v["version"], v["timestamps"][-20:]) for k, v in live.items()}
+    fields = ("balance_minor", "balance", "version", "timestamps", "event_ids")
+    assert {k: tuple(v[f] for f in fields) for k, v in rebuilt.items()} == \
+        {k: tuple(v[f] for f in fields) for k, v in live.items()}
     assert mongo[mongo_db].list_collection_names() == [COLLECTION]
+    assert all(projector.read_model.checkpoint(p) is not None for p in range(live_env.partitions)
+               if client.xlen(live_env.partition_log(p)))
     mongo.close()
 
 
@@ -307,75 +302,25 @@ def test_catch_up_applies_what_arrived_during_a_rebuild(client: redis.Redis, liv
     burst(accounts=3, writers=2, operations=5)
     projector = make_projector(client, live_env, settings(mongo_standin.uri, mongo_db))
     drain(projector)
-    snapshot = projector.consumer.log_ends()
+    ends = {p: projector.reader.log_end(p) for p in range(live_env.partitions)}
     for account_id in ("acct-0", "acct-1", "acct-2"):
         call("deposit", account_id, {"amount": 1})
-    assert maintenance.catch_up(projector.consumer, projector.read_model, snapshot) == 3
-    assert maintenance.catch_up(projector.consumer, projector.read_model, snapshot) == 0
+    model, reader, history = projector.read_model, projector.reader, projector.history
+    assert maintenance.catch_up(reader, model, history, ends) == 3
+    assert maintenance.catch_up(reader, model, history, ends) == 3  # again: recognised, nothing written twice
     assert_read_model_matches(client, live_env, mongo_standin.uri, mongo_db)
 
 
-def test_status_and_parked_commands(client: redis.Redis, live_env: KeySpace, redis_target: RedisTarget,
-                                    mongo_standin: MongoStandIn, mongo_db: str) -> None:
-    call("create_account", "acct")
-    env = {**os.environ, **_env(live_env, redis_target, mongo_standin.uri, mongo_db)}
-    status = subprocess.run([sys.executable, "-m", "projector", "status"], env=env, capture_output=True,
-                            text=True, check=True)
-    lines = status.stdout.splitlines()
-    assert lines[0] == "group 'projector'"
-    assert len(lines) == 2 + live_env.partitions + 1
-    partition = live_env.partition_of("acct")
-    row = lines[2 + partition].split()
-    assert row[0] == str(partition) and row[1] == "1"  # one entry in the log, group not created yet
-    projector = make_projector(client, live_env, settings(mongo_standin.uri, mongo_db))
-    drain(projector)
-    shown = subprocess.run([sys.executable, "-m", "projector", "show", "acct"], env=env, capture_output=True,
-                           text=True, check=True)
-    assert json.loads(shown.stdout)["balance"] == "0.00"
-    missing = subprocess.run([sys.executable, "-m", "projector", "show", "nobody"], env=env, capture_output=True,
-                             text=True, check=False)
-    assert missing.returncode == 1
-    rebuilt = subprocess.run([sys.executable, "-m", "projector", "rebuild", "--no-progress"], env=env,
-                             capture_output=True, text=True, check=True)
-    assert rebuilt.stdout.startswith("rebuilt 1 accounts from 1 events")
-    bad = subprocess.run([sys.executable, "-m", "projector", "status"], env={**env, "PROJECTOR_BATCH_SIZE": "lots"},
-                         capture_output=True, text=True, check=False)
-    assert bad.returncode == 2
-    assert "PROJECTOR_BATCH_SIZE" in bad.stderr and "Traceback" not in bad.stderr
-    listing = subprocess.run([sys.executable, "-m", "projector", "parked", "list"], env=env, capture_output=True,
-                             text=True, check=True)
-    assert listing.stdout.strip().endswith("0 parked")
-
-
-def test_status_counts_lag_pending_and_parked(client: redis.Redis, live_env: KeySpace, mongo_standin: MongoStandIn,
-                                              mongo_db: str) -> None:
-    call("create_account", "acct")
-    call("deposit", "acct", {"amount": 1})
-    projector = make_projector(client, live_env, settings(mongo_standin.uri, mongo_db))
-    projector.consumer.ensure_groups()
-    partition = live_env.partition_of("acct")
-    row = projector.consumer.status()[partition]
-    assert (row.length, row.lag, row.pending, row.parked) == (2, 2, 0, 0)
-    projector.consumer.read(1, None)
-    row = projector.consumer.status()[partition]
-    assert (row.lag, row.pending) == (1, 1)
-    assert row.oldest_pending_age_s is not None and row.oldest_pending_age_s >= 0
-
-
-def test_healthz(client: redis.Redis, live_env: KeySpace, mongo_standin: MongoStandIn, mongo_db: str) -> None:
-    projector = make_projector(client, live_env, settings(mongo_standin.uri, mongo_db))
-    port = free_port()
-    server = health.serve(projector.health, port, stall_after_s=10)
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz") as response:
-            body = json.loads(response.read())
-        assert body["status"] == "ok"
-        projector.health.last_beat -= 60
-        with pytest.raises(urllib.error.HTTPError) as stalled:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz")
-        assert stalled.value.code == 503
-    finally:
-        server.shutdown()
+def test_the_configured_database_and_collection_receive_the_documents(
+        client: redis.Redis, live_env: KeySpace, mongo_standin: MongoStandIn, mongo_db: str) -> None:
+    call("create_account", "placed")
+    config = settings(mongo_standin.uri, mongo_db, mongodb_collection="elsewhere")
+    drain(make_projector(client, live_env, config))
+    assert set(read_model(mongo_standin.uri, mongo_db, "elsewhere")) == {"placed"}
+    assert read_model(mongo_standin.uri, mongo_db) == {}
+    model = ReadModel(connect_mongo(config), mongo_db, "elsewhere", 3)
+    assert model.count() == 1
+    model.ping()
 
 
 def test_read_model_module_is_the_only_pymongo_user() -> None:
@@ -383,66 +328,3 @@ def test_read_model_module_is_the_only_pymongo_user() -> None:
     users = {path.relative_to(root).as_posix() for folder in ("shared", "projector", "functions", "gateway")
              for path in (root / folder).rglob("*.py") if "pymongo" in path.read_text()}
     assert users == {"projector/read_model.py"}
-
-
-def test_connect_uses_the_configured_database(mongo_standin: MongoStandIn, mongo_db: str) -> None:
-    model = ReadModel(connect_mongo(settings(mongo_standin.uri, mongo_db)), mongo_db, "elsewhere", 3)
-    assert model.count() == 0
-    model.ping()
-
-
-def test_redis_outage_backs_off_and_recovers(tmp_path: Path, mongo_standin: MongoStandIn, mongo_db: str) -> None:
-    from devstack.redis_server import RedisProcess
-    from shared.redis_store import RedisEventStore
-    from tests.support.events import new_event
-
-    server = RedisProcess().start()
-    keys = KeySpace("outage", 4)
-    client = redis.Redis.from_url(server.url, socket_timeout=0.5, socket_connect_timeout=0.5)
-    store = RedisEventStore(client, keys, 3600)
-    try:
-        store.append("acc", 0, [new_event("acc", "AccountOpened")])
-        projector = make_projector(client, keys, settings(mongo_standin.uri, mongo_db))
-        drain(projector)
-        server.stop()
-        runner = threading.Thread(target=projector.run)
-        runner.start()
-        time.sleep(1.0)
-        assert runner.is_alive()
-        up_during_outage = projector.health.redis_up
-        assert not up_during_outage
-        server.start()  # same port, empty (no persistence): the projector must recreate its groups
-        store.append("acc2", 0, [new_event("acc2", "AccountOpened")])
-        deadline = time.monotonic() + 20
-        while "acc2" not in read_model(mongo_standin.uri, mongo_db):
-            assert time.monotonic() < deadline, "projector did not recover from the Redis outage"
-            time.sleep(0.1)
-        assert projector.health.redis_up
-        projector.stop()
-        runner.join(10)
-        assert not runner.is_alive()
-    finally:
-        server.stop()
-        client.close()
-
-
-def test_status_reports_an_unknown_lag_when_redis_cannot_tell(client: redis.Redis, live_env: KeySpace,
-                                                             mongo_standin: MongoStandIn, mongo_db: str,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:
-    from projector.__main__ import _status
-
-    call("create_account", "acct")
-    for _ in range(3):
-        call("deposit", "acct", {"amount": 1})
-    projector = make_projector(client, live_env, settings(mongo_standin.uri, mongo_db))
-    projector.consumer.ensure_groups()
-    projector.consumer.read(1, None)
-    partition = live_env.partition_of("acct")
-    log = live_env.partition_log(partition)
-    entries: Any = client.xrange(log)
-    client.xdel(log, entries[2][0])  # a deletion after the group's position: XINFO GROUPS reports lag as NULL
-    row = projector.consumer.status()[partition]
-    assert row.lag is None
-    assert _status(projector.consumer) == 0
-    line = capsys.readouterr().out.splitlines()[2 + partition].split()
-    assert line[:3] == [str(partition), "3", "unknown"]

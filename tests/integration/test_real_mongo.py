@@ -36,6 +36,6 @@ def test_projection_and_atomic_rebuild_on_real_mongodb(live_env: KeySpace, real_
     drain(projector)
     assert_read_model_matches(client, live_env, real_mongo_uri, real_db)
     assert projector.read_model._renames_atomically()
-    maintenance.rebuild(projector.consumer, projector.read_model, 20, progress=False)
+    maintenance.rebuild(projector.reader, projector.read_model, projector.history, 20, progress=False)
     assert_read_model_matches(client, live_env, real_mongo_uri, real_db)
     assert MongoClient(real_mongo_uri)[real_db].list_collection_names() == ["accountCollection"]

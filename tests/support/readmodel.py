@@ -1,10 +1,15 @@
-"""Helpers for projector tests: wiring an in-process projector and comparing the read model to the streams."""
+"""Projector helpers shared by tests and benchmarks: wiring an in-process projector, stepping it until it is
+done, and comparing the read model with the account streams (the source of truth)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from typing import Any
@@ -12,8 +17,7 @@ from typing import Any
 import redis
 from pymongo import MongoClient
 
-from projector.consumer import PartitionConsumer
-from projector.read_model import ReadModel, connect_mongo
+from projector.wiring import assemble
 from projector.worker import Projector
 from shared import account
 from shared.config import ProjectorSettings
@@ -25,26 +29,27 @@ COLLECTION = "accountCollection"
 
 
 def settings(mongo_uri: str, database: str, **overrides: Any) -> ProjectorSettings:
-    base = ProjectorSettings(mongodb_uri=mongo_uri, mongodb_database=database, consumer="test-consumer",
-                             batch_size=100, block_ms=50, claim_idle_ms=200, max_deliveries=3, health_port=0,
-                             mongodb_timeout_ms=1000)
+    base = ProjectorSettings(mongodb_uri=mongo_uri, mongodb_database=database, name="test", batch_size=100,
+                             poll_ms=5, lease_ttl_ms=2000, max_deliveries=3, health_port=0, check_interval_s=1,
+                             stall_s=5, mongodb_timeout_ms=1000)
     return replace(base, **overrides)
 
 
-def make_projector(client: redis.Redis, keys: KeySpace, config: ProjectorSettings) -> Projector:
-    consumer = PartitionConsumer(client, keys, config.group, config.consumer)
-    model = ReadModel(connect_mongo(config), config.mongodb_database, config.mongodb_collection, config.timestamps_kept)
-    return Projector(consumer, model, config)
+def make_projector(client: redis.Redis, keys: KeySpace, config: ProjectorSettings,
+                   owner: str | None = None) -> Projector:
+    wiring = assemble(client, keys, config, owner=owner)
+    return Projector(wiring.reader, wiring.leases, wiring.model, wiring.history, config, wiring.node_of)
 
 
 def drain(projector: Projector, quiet_steps: int = 3, timeout: float = 60.0) -> None:
-    """Step until ``quiet_steps`` consecutive steps find nothing to do."""
+    """Step until the projector owns partitions and ``quiet_steps`` steps in a row find nothing to do."""
     deadline = time.monotonic() + timeout
     quiet = 0
     while quiet < quiet_steps:
         assert time.monotonic() < deadline, "projector did not drain"
         report = projector.step()
-        quiet = quiet + 1 if report.entries == 0 else 0
+        busy = report.entries or any(s.held or s.reproject or s.cursor for s in projector.partitions.values())
+        quiet = 0 if busy or not projector.partitions else quiet + 1
 
 
 def expected_from_streams(client: redis.Redis, keys: KeySpace) -> dict[str, tuple[int, int]]:
@@ -58,9 +63,10 @@ def expected_from_streams(client: redis.Redis, keys: KeySpace) -> dict[str, tupl
 
 
 def read_model(mongo_uri: str, database: str, collection: str = COLLECTION) -> dict[str, dict[str, Any]]:
+    """The account documents (checkpoints left out)."""
     client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri)
     try:
-        return {doc["_id"]: doc for doc in client[database][collection].find({})}
+        return {doc["_id"]: doc for doc in client[database][collection].find({"kind": {"$exists": False}})}
     finally:
         client.close()
 
@@ -75,15 +81,14 @@ def assert_read_model_matches(client: redis.Redis, keys: KeySpace, mongo_uri: st
         assert (doc["balance_minor"], doc["version"]) == (balance, version), account_id
         assert doc["balance"] == format_minor(balance)
         assert len(doc["timestamps"]) == len(set(doc["timestamps"])), "an entry id recorded twice"
+        events = decode_entries(client.xrange(keys.stream(account_id)))
+        kept = doc["event_ids"]
+        assert kept == [e.event_id for e in events][-len(kept):], f"{account_id}: other events than its stream"
     return docs
 
 
-def projector_process(env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "projector"], env={**os.environ, **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-
-
 def group_drained(client: redis.Redis, keys: KeySpace, group: str) -> bool:
+    """Every entry of every partition log delivered to the group and acknowledged."""
     for partition in range(keys.partitions):
         log = keys.partition_log(partition)
         if not client.exists(log):
@@ -93,3 +98,38 @@ def group_drained(client: redis.Redis, keys: KeySpace, group: str) -> bool:
         if info is None or info["pending"] or info.get("lag"):
             return False
     return True
+
+
+class ProjectorProcess:
+    """``python -m projector`` as a child process, its JSON log lines collected as they come (an unread pipe
+    would fill up and block the child)."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.process = subprocess.Popen([sys.executable, "-m", "projector"], env={**os.environ, **env},
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: list[dict[str, Any]] = []
+        self.raw: list[str] = []
+        self._reader = threading.Thread(target=self._collect, daemon=True)
+        self._reader.start()
+
+    def _collect(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.raw.append(line)
+            with contextlib.suppress(ValueError):
+                self.lines.append({**json.loads(line), "_seen": time.monotonic()})
+
+    def logged(self, message_part: str) -> list[dict[str, Any]]:
+        return [line for line in list(self.lines) if message_part in str(line.get("message", ""))]
+
+    def terminate(self, timeout: float = 15.0) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout)
+        self._reader.join(5)
+        return code
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self._reader.join(5)

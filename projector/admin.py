@@ -1,0 +1,130 @@
+"""What ``python -m projector status`` reports, per partition, and the problems that make it exit non-zero.
+
+Lag is counted from the read model's checkpoint, not from the consumer group: a group that has acknowledged
+everything says nothing about a read model that was wiped, restored or left behind by a Redis that lost
+writes. Each row also says who owns the partition (its lease), what is pending and for how long, when the
+read model last moved, and whether it disagrees with the log.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from projector import selfcheck
+from projector.leases import PartitionLeases
+from projector.read_model import ReadModel
+from projector.reader import LogReader, ParkedEntry
+from shared.keys import KeySpace
+
+_LAG_CAP = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionStatus:
+    partition: int
+    owner: str | None
+    length: int
+    #: Log entries after the read model's checkpoint (counted up to _LAG_CAP).
+    lag: int
+    pending: int
+    oldest_pending_age_s: float | None
+    last_progress_age_s: float | None
+    checkpoint: str
+    log_end: str
+    parked: int
+    quarantined: int
+    diverged: str | None
+    problems: list[str] = field(default_factory=list)
+
+
+def status(reader: LogReader, leases: PartitionLeases, model: ReadModel, stall_s: float) -> list[PartitionStatus]:
+    rows = []
+    now_ms = time.time() * 1000
+    for partition in range(reader.keys.partitions):
+        view = leases.view(partition)
+        finding = selfcheck.compare(reader, model, partition)
+        info = reader.group_info(partition)
+        lag = reader.count_after(partition, finding.keep, _LAG_CAP)
+        oldest_id = reader.oldest_pending(partition) if info and info.pending else None
+        oldest = None if oldest_id is None else max(0.0, (now_ms - int(oldest_id.split("-")[0])) / 1000)
+        updated = finding.checkpoint.updated_ms if finding.checkpoint else None
+        progress = None if updated is None else max(0.0, (now_ms - updated) / 1000)
+        parked, quarantined = len(reader.parked([partition])), len(reader.quarantined(partition))
+        diverged = _divergence(finding)
+        row = PartitionStatus(partition, view.owner, reader.length(partition), lag, info.pending if info else 0,
+                              oldest, progress, finding.keep, reader.log_end(partition), parked, quarantined,
+                              diverged)
+        row.problems.extend(_problems(row, stall_s))
+        rows.append(row)
+    return rows
+
+
+def _divergence(finding: selfcheck.Finding) -> str | None:
+    if finding.redis_behind:
+        return f"Redis lost entries the read model applied ({len(finding.suspects)} accounts to repair)"
+    if finding.mongo_behind:
+        return f"read model behind its log by {finding.behind_by} acknowledged entries"
+    return None
+
+
+def _problems(row: PartitionStatus, stall_s: float) -> list[str]:
+    problems = []
+    if row.diverged:
+        problems.append(row.diverged)
+    if row.owner is None and (row.lag or row.pending):
+        problems.append("no projector owns it, and it has work")
+    elif row.lag and row.last_progress_age_s is not None and row.last_progress_age_s > stall_s:
+        problems.append(f"no progress for {row.last_progress_age_s:.0f}s with {row.lag} entries to go")
+    if row.parked or row.quarantined:
+        problems.append(f"{row.parked} parked entries, {row.quarantined} quarantined accounts: see `parked list`")
+    return problems
+
+
+def render(rows: list[PartitionStatus], group: str) -> str:
+    lines = [f"group {group!r}",
+             f"{'partition':>9} {'owner':<22} {'lag':>7} {'pending':>7} {'oldest':>8} {'progress':>9} "
+             f"{'checkpoint':>16} {'log end':>16} {'parked':>6}  state"]
+    for r in rows:
+        lag = f">{_LAG_CAP}" if r.lag >= _LAG_CAP else str(r.lag)
+        lines.append(
+            f"{r.partition:>9} {(r.owner or '-')[:22]:<22} {lag:>7} {r.pending:>7} {_age(r.oldest_pending_age_s):>8} "
+            f"{_age(r.last_progress_age_s):>9} {r.checkpoint:>16} {r.log_end:>16} {r.parked:>6}  "
+            f"{'; '.join(r.problems) or 'ok'}")
+    troubled = [r for r in rows if r.problems]
+    lines.append(f"total lag {sum(r.lag for r in rows)}, pending {sum(r.pending for r in rows)}, "
+                 f"parked {sum(r.parked for r in rows)}; "
+                 + (f"{len(troubled)} partitions need attention" if troubled else "all partitions ok"))
+    return "\n".join(lines)
+
+
+def _age(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.1f}s"
+
+
+def render_parked(entries: list[ParkedEntry]) -> str:
+    lines = []
+    for entry in entries:
+        fields = entry.entry_fields
+        lines.append(f"p{entry.partition} {entry.parked_id} original={entry.original_id} "
+                     f"account={_field(fields, b'account_id')} version={_field(fields, b'version')} "
+                     f"type={_field(fields, b'type')} deliveries={entry.deliveries} error={entry.error}")
+    lines.append(f"{len(entries)} parked")
+    return "\n".join(lines)
+
+
+def _field(fields: dict[bytes, bytes], name: bytes) -> str:
+    return fields.get(name, b"?").decode(errors="replace")
+
+
+def stream_accounts(client: redis.Redis, keys: KeySpace) -> Iterator[str]:
+    """Every account with a stream under this prefix (SCAN on every master of a cluster)."""
+    marker = ":stream:"
+    key: Any
+    for key in client.scan_iter(match=keys.pattern("stream"), count=1000):
+        text = key.decode() if isinstance(key, bytes) else str(key)
+        yield text.split(marker, 1)[1]
