@@ -4,38 +4,47 @@ that run on Lambda. Serve it with ``gunicorn 'gateway:create_app()'``."""
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Callable
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
-from gateway.proxy import to_event, to_response
+from gateway.proxy import new_request_id, to_event, to_response
 from gateway.routes import ROUTES, GatewayRoute
 from shared import errors, runtime
 from shared.api import Dependencies
+from shared.config import load_gateway_settings
 from shared.http import RouteHandler, json_response, problem_response, serve
+
+log = logging.getLogger("ledgerstream.gateway")
 
 
 def create_app(dependencies: Callable[[], Dependencies] = runtime.dependencies,
                readiness: Callable[[], None] = runtime.check_ready) -> Flask:
     """``dependencies`` and ``readiness`` default to the process's real wiring; tests pass their own."""
     settings = runtime.settings()  # fail at start-up, not on the first request, if the config is bad
+    trust_request_id = load_gateway_settings().trust_request_id
     app = Flask("ledgerstream")
     # Bounded memory per request; the handler applies the same limit to report a 413 itself.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     for route in ROUTES:
-        _register(app, route, dependencies)
+        _register(app, route, dependencies, trust_request_id)
     app.add_url_rule("/healthz", "healthz", _healthz)
     app.add_url_rule("/readyz", "readyz", lambda: _readyz(readiness))
     app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unhandled)
+    app.after_request(_with_request_id)
     return app
 
 
-def _register(app: Flask, route: GatewayRoute, dependencies: Callable[[], Dependencies]) -> None:
+def _register(app: Flask, route: GatewayRoute, dependencies: Callable[[], Dependencies],
+              trust_request_id: bool) -> None:
     handle: RouteHandler[Dependencies] = importlib.import_module(route.module).handle
 
     def view(**path_parameters: str) -> Response:
-        return to_response(serve(to_event(request, route, path_parameters), handle, dependencies))
+        event = to_event(request, route, path_parameters, trust_request_id)
+        return to_response(serve(event, handle, dependencies))
 
     app.add_url_rule(route.flask_rule, route.function, view, methods=[route.method])
 
@@ -55,6 +64,9 @@ def _readyz(readiness: Callable[[], None]) -> Response:
 
 
 def _http_error(exc: HTTPException) -> Response:
+    """What the framework answers itself (no route, wrong method, body too large, ...), as the same problem
+    documents the handlers give, with a request id."""
+    status = exc.code or 500
     error: errors.LedgerError
     if isinstance(exc, NotFound):
         error = errors.RouteNotFound(f"no route for {request.method} {request.path[:200]}")
@@ -62,10 +74,31 @@ def _http_error(exc: HTTPException) -> Response:
         error = errors.MethodNotAllowed(f"{request.method} is not allowed on {request.path[:200]}")
     elif isinstance(exc, RequestEntityTooLarge):
         error = errors.PayloadTooLarge(f"request body exceeds {request.max_content_length} bytes")
+    elif status >= 500:
+        log.error("the framework answered %d: %s", status, exc.description)
+        error = errors.LedgerError(exc.description or exc.name)
     else:
         error = errors.RequestError(exc.description or exc.name)
-    response = to_response(problem_response(error))
-    response.status_code = exc.code or 400
+    response = to_response(problem_response(error, path=request.path[:200], request_id=new_request_id()))
+    response.status_code = status
     if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
         response.headers["Allow"] = ", ".join(exc.valid_methods)
+    return response
+
+
+def _unhandled(exc: Exception) -> Response:
+    """A bug outside the handlers' own error handling: logged with its trace, a generic 500 to the client."""
+    if isinstance(exc, HTTPException):
+        return _http_error(exc)
+    log.exception("unhandled error in the gateway")
+    response = to_response(problem_response(errors.LedgerError("unhandled"), path=request.path[:200],
+                                            request_id=new_request_id()))
+    response.status_code = 500
+    return response
+
+
+def _with_request_id(response: Response) -> Response:
+    """Every answer carries a request id, the health endpoints' included."""
+    if "X-Request-Id" not in response.headers:
+        response.headers["X-Request-Id"] = new_request_id()
     return response

@@ -1,18 +1,48 @@
-"""gunicorn settings for the gateway, from the environment (GUNICORN_BIND, WEB_CONCURRENCY, ...).
+"""gunicorn settings for the gateway, from the environment (GUNICORN_BIND, WEB_CONCURRENCY, ...), validated by
+shared/config.py like every other setting: a bad value stops gunicorn with a message naming the variable.
 
-gunicorn reads this file itself; it is configuration, not application code, so it reads os.environ directly.
+With GATEWAY_HEALTH_BIND set, a small side process answers /healthz and /readyz on that address, so that a
+probe is answered within a second even while every worker is busy (a frozen Redis, a flood of requests).
 """
 
-import os
+import subprocess
+import sys
+from typing import Any
 
-bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8080")
-workers = int(os.environ.get("WEB_CONCURRENCY", "4"))
-worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "sync")
-threads = int(os.environ.get("GUNICORN_THREADS", "1"))
-timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
-graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "10"))
-keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
+from shared.config import ConfigError, load_gateway_settings
+
+try:
+    _settings = load_gateway_settings()
+except ConfigError as error:
+    raise SystemExit(f"gunicorn: {error}") from None
+
+bind = _settings.bind
+workers = _settings.workers
+worker_class = _settings.worker_class
+threads = _settings.threads
+timeout = _settings.timeout
+graceful_timeout = _settings.graceful_timeout
+keepalive = _settings.keepalive
+# Bounds on what a client may send, for when no proxy stands in front (the proxy's are tighter).
+limit_request_line = 4094
+limit_request_fields = 64
+limit_request_field_size = 8190
 # The application logs one JSON line per request; gunicorn's own access log would double it.
 accesslog = None
 errorlog = "-"
 control_socket_disable = True
+
+_children: "list[subprocess.Popen[bytes]]" = []
+
+
+def when_ready(server: Any) -> None:
+    if _settings.health_bind:
+        _children.append(subprocess.Popen([sys.executable, "-m", "gateway.health_server",
+                                           "--bind", _settings.health_bind, "--app", bind]))
+
+
+def on_exit(server: Any) -> None:
+    for child in _children:
+        if child.poll() is None:
+            child.terminate()
+            child.wait(10)

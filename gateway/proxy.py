@@ -6,6 +6,7 @@ Modelled on what ``sam local start-api`` does, so a handler cannot tell the gate
 from __future__ import annotations
 
 import base64
+import re
 import time
 import uuid
 from typing import Any
@@ -14,8 +15,24 @@ from flask import Request, Response
 
 from gateway.routes import GatewayRoute
 
+_TRUSTED_ID = re.compile(r"[A-Za-z0-9-]{8,64}")
 
-def to_event(request: Request, route: GatewayRoute, path_parameters: dict[str, str]) -> dict[str, Any]:
+
+def new_request_id() -> str:
+    return str(uuid.uuid4())
+
+
+def request_id_of(request: Request, trust_header: bool) -> str:
+    """The proxy's X-Request-Id when it is trusted to set one (it overwrites any a client sent), else a new id."""
+    if trust_header:
+        given = request.headers.get("X-Request-Id")
+        if given is not None and _TRUSTED_ID.fullmatch(given):
+            return given
+    return new_request_id()
+
+
+def to_event(request: Request, route: GatewayRoute, path_parameters: dict[str, str],
+             trust_request_id: bool = False) -> dict[str, Any]:
     raw = request.get_data(cache=False)
     try:
         body: str | None = raw.decode("utf-8") if raw else None
@@ -42,7 +59,7 @@ def to_event(request: Request, route: GatewayRoute, path_parameters: dict[str, s
             "httpMethod": request.method,
             "path": request.path,
             "stage": "local",
-            "requestId": str(uuid.uuid4()),
+            "requestId": request_id_of(request, trust_request_id),
             "requestTime": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)),
             "requestTimeEpoch": int(now * 1000),
             "protocol": request.environ.get("SERVER_PROTOCOL", "HTTP/1.1"),

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from shared import validation
 from shared.account import Deposit, Withdraw
 from shared.config import Settings
+from shared.errors import IdempotencyKeyRequired
 from shared.http import ApiRequest, ProxyResponse, json_response
 from shared.money import parse_amount
 from shared.representations import command_headers, movement_body
@@ -31,11 +32,16 @@ def path_account_id(request: ApiRequest) -> str:
     return validation.account_id(request.path_parameters.get("id"))
 
 
-def command_context(request: ApiRequest) -> CommandContext:
+def command_context(request: ApiRequest, settings: Settings) -> CommandContext:
+    key = validation.idempotency_key(request.header("idempotency-key"))
+    if key is None and settings.require_idempotency_key:
+        raise IdempotencyKeyRequired(
+            "send an Idempotency-Key header (any unique string, a UUID say) with every POST: if the answer is "
+            "lost, retrying with the same key is safe, and without one nothing can tell a retry from a new request")
     return CommandContext(
         request_id=request.request_id,
         correlation_id=validation.correlation_id(request.header("x-correlation-id")),
-        idempotency_key=validation.idempotency_key(request.header("idempotency-key")),
+        idempotency_key=key,
         if_match=validation.if_match(request.header("if-match")),
     )
 
@@ -44,5 +50,5 @@ def move_money(request: ApiRequest, deps: Dependencies, command: type[Deposit] |
     """A deposit or a withdrawal: ``{"amount": ...}`` on ``/accounts/{id}/...`` -> 200 with the new balance."""
     account_id = path_account_id(request)
     (amount,) = body_fields(request, deps.settings, "amount")
-    result = deps.service.execute(account_id, command(parse_amount(amount)), command_context(request))
+    result = deps.service.execute(account_id, command(parse_amount(amount)), command_context(request, deps.settings))
     return json_response(200, movement_body(result), command_headers(result))

@@ -40,6 +40,13 @@ class Settings:
     key_prefix: str = "ledger"
     partitions: int = 16
     idempotency_ttl_seconds: int = 86_400
+    #: Refuse a POST without an Idempotency-Key (428): the only way a client can retry an unknown outcome safely.
+    require_idempotency_key: bool = False
+    #: Replicas that must confirm a write (WAIT) before it is acknowledged; 0: the primary's word is enough.
+    redis_wait_replicas: int = 0
+    redis_wait_timeout_ms: int = 1_000
+    #: A command's whole time budget, resolving a lost reply included; past it, 503 outcome-unknown.
+    command_deadline_seconds: float = 8.0
     command_max_attempts: int = 10
     snapshot_interval: int = 20
     max_body_bytes: int = 16_384
@@ -68,6 +75,53 @@ class ProjectorSettings:
     stall_s: int = 60
     health_port: int = 8081
     health_bind: str = "0.0.0.0"  # probes come from outside the container
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """The container gateway: gunicorn's settings, and the side process that answers its health probes."""
+
+    bind: str = "0.0.0.0:8080"  # all interfaces: inside a container, behind the proxy
+    workers: int = 4
+    worker_class: str = "sync"
+    threads: int = 1
+    timeout: int = 30
+    graceful_timeout: int = 10
+    keepalive: int = 5
+    #: Where the health process listens (host:port); empty: no health process (``make run``, tests).
+    health_bind: str = ""
+    #: Take the request id from the X-Request-Id header, because a proxy we trust (nginx) sets it.
+    trust_request_id: bool = False
+
+
+def load_gateway_settings(environ: Mapping[str, str] | None = None) -> GatewaySettings:
+    env = os.environ if environ is None else environ
+    defaults = GatewaySettings()
+    return GatewaySettings(
+        bind=_address(env, "GUNICORN_BIND", defaults.bind),
+        workers=_number(env, "WEB_CONCURRENCY", defaults.workers, int, 1, 64),
+        worker_class=_choice(env, "GUNICORN_WORKER_CLASS", defaults.worker_class, ("SYNC", "GTHREAD")).lower(),
+        threads=_number(env, "GUNICORN_THREADS", defaults.threads, int, 1, 64),
+        timeout=_number(env, "GUNICORN_TIMEOUT", defaults.timeout, int, 5, 3_600),
+        graceful_timeout=_number(env, "GUNICORN_GRACEFUL_TIMEOUT", defaults.graceful_timeout, int, 1, 600),
+        keepalive=_number(env, "GUNICORN_KEEPALIVE", defaults.keepalive, int, 0, 600),
+        health_bind=_address(env, "GATEWAY_HEALTH_BIND", defaults.health_bind) if _raw(env, "GATEWAY_HEALTH_BIND")
+        else "",
+        trust_request_id=_flag(env, "TRUST_PROXY_REQUEST_ID", defaults.trust_request_id),
+    )
+
+
+_ADDRESS = re.compile(r"(?P<host>[A-Za-z0-9.:-]{1,253}|\[[0-9A-Fa-f:]+\]):(?P<port>[0-9]{1,5})")
+
+
+def _address(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = _raw(env, name)
+    if raw is None:
+        return default
+    match = _ADDRESS.fullmatch(raw)
+    if match is None or not 1 <= int(match["port"]) <= 65_535:
+        raise ConfigError(f"{name} must be host:port, like 0.0.0.0:8080, got {raw[:80]!r}")
+    return raw
 
 
 @dataclass(frozen=True)
@@ -163,6 +217,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         partitions=_number(env, "LEDGER_PARTITIONS", defaults.partitions, int, 1, 16_384),
         idempotency_ttl_seconds=_number(env, "IDEMPOTENCY_TTL_SECONDS", defaults.idempotency_ttl_seconds,
                                         int, 60, 30 * 86_400),
+        require_idempotency_key=_flag(env, "REQUIRE_IDEMPOTENCY_KEY", defaults.require_idempotency_key),
+        redis_wait_replicas=_number(env, "REDIS_WAIT_REPLICAS", defaults.redis_wait_replicas, int, 0, 16),
+        redis_wait_timeout_ms=_number(env, "REDIS_WAIT_TIMEOUT_MS", defaults.redis_wait_timeout_ms, int, 10,
+                                      60_000),
+        command_deadline_seconds=_number(env, "COMMAND_DEADLINE_SECONDS", defaults.command_deadline_seconds,
+                                         float, 0.5, 300.0),
         command_max_attempts=_number(env, "COMMAND_MAX_ATTEMPTS", defaults.command_max_attempts, int, 1, 100),
         snapshot_interval=_number(env, "SNAPSHOT_INTERVAL", defaults.snapshot_interval, int, 0, 100_000),
         max_body_bytes=_number(env, "MAX_BODY_BYTES", defaults.max_body_bytes, int, 256, 1_048_576),

@@ -30,6 +30,11 @@ class MalformedJson(RequestError):
     title = "Request body is not valid JSON"
 
 
+class DuplicateKey(RequestError):
+    code = "duplicate-key"
+    title = "A key appears twice in one JSON object"
+
+
 class InvalidBody(RequestError):
     code = "invalid-body"
     title = "Request body has the wrong shape"
@@ -110,6 +115,11 @@ class BalanceLimitExceeded(DomainError):
     title = "Balance limit exceeded"
 
 
+class IdempotencyKeyRequired(RequestError):
+    code = "idempotency-key-required"
+    title = "This service requires an Idempotency-Key on every POST"
+
+
 class IdempotencyKeyReused(LedgerError):
     code = "idempotency-key-reused"
     title = "Idempotency key reused with a different request"
@@ -133,6 +143,15 @@ class PreconditionFailed(ConcurrencyError):
 class StoreUnavailable(LedgerError):
     code = "store-unavailable"
     title = "Event store unavailable"
+
+
+class OutcomeUnknown(StoreUnavailable):
+    """The append was sent (or stored on the primary only) and whether it took, or will survive, is not
+    known within the request's time: the client must retry with the same Idempotency-Key, or look for its
+    correlation id in the account's events, before it assumes either outcome."""
+
+    code = "outcome-unknown"
+    title = "The outcome of this request is unknown"
 
 
 class CorruptHistory(LedgerError):

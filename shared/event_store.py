@@ -64,6 +64,21 @@ class Duplicate:
 AppendOutcome = Appended | Conflict | Duplicate
 
 
+class AppendUnknown(Exception):
+    """The append was sent, and no reply came (a timeout, a dropped connection): it may or may not have been
+    applied, and a request still in flight may even apply later. Only a later read can tell."""
+
+
+class NotDurable(Exception):
+    """The write is on the primary, but fewer replicas than required confirmed it in time: a crash of the
+    primary now could lose it. ``confirm_durable`` may be asked again."""
+
+    def __init__(self, confirmed: int, required: int) -> None:
+        super().__init__(f"{confirmed} of {required} replicas confirmed the write in time")
+        self.confirmed = confirmed
+        self.required = required
+
+
 class EventStore(Protocol):
     """The write side's persistence port. Every implementation passes ``tests/contract``."""
 
@@ -81,5 +96,14 @@ class EventStore(Protocol):
         """Append ``events`` as versions ``expected_version + 1 ...`` if, and only if, the account is at
         ``expected_version`` and ``idempotency``'s key is unused. Nothing is written otherwise. ``snapshot``,
         the state the events lead to, is stored with them when given; the idempotency record is remembered
-        for the store's TTL."""
+        for the store's TTL.
+
+        Raises ``StoreUnavailable`` when the append was never sent, ``AppendUnknown`` when it was sent and no
+        reply came, and ``NotDurable`` when it was applied but not confirmed by enough replicas."""
+        ...
+
+    def confirm_durable(self, account_id: str) -> None:
+        """Return once everything this store wrote for the account's partition is as durable as the store
+        promises (its replicas confirmed it); raise ``NotDurable`` if they do not in time. A no-op for a
+        store that promises nothing beyond the primary."""
         ...

@@ -37,6 +37,7 @@ STATUS_BY_ERROR: dict[type[LedgerError], int] = {
     errors.MethodNotAllowed: 405,
     errors.PayloadTooLarge: 413,
     errors.UnsupportedMediaType: 415,
+    errors.IdempotencyKeyRequired: 428,
     errors.AccountNotFound: 404,
     errors.AccountAlreadyExists: 409,
     errors.DomainError: 422,
@@ -65,6 +66,8 @@ class ApiRequest:
     query: Mapping[str, str]
     body: bytes
     request_id: str
+    #: Query parameters given more than once (API Gateway keeps only the last in ``query``).
+    query_repeats: frozenset[str] = frozenset()
 
     @classmethod
     def from_event(cls, event: ProxyEvent) -> ApiRequest:
@@ -86,6 +89,8 @@ class ApiRequest:
             query={str(k): str(v) for k, v in (event.get("queryStringParameters") or {}).items()},
             body=body,
             request_id=str(context.get("requestId") or uuid.uuid4()),
+            query_repeats=frozenset(str(k) for k, v in (event.get("multiValueQueryStringParameters") or {}).items()
+                                    if isinstance(v, list) and len(v) > 1),
         )
 
     def header(self, name: str) -> str | None:
@@ -101,13 +106,55 @@ class ApiRequest:
             raise errors.UnsupportedMediaType(f"send the body as {JSON_TYPE}, not {content_type[:80]!r}")
         if not self.body.strip():
             raise errors.MalformedJson("request body is empty; expected a JSON object")
+        if self.body.startswith(_UTF8_BOM):
+            raise errors.MalformedJson("request body starts with a byte order mark; send plain UTF-8 (RFC 8259 8.1)")
         try:
-            parsed = json.loads(self.body, parse_float=Decimal, parse_constant=_reject_constant)
+            parsed = json.loads(self.body, parse_float=Decimal, parse_constant=_reject_constant,
+                                object_pairs_hook=_unique_keys)
+        except _DuplicateKey as exc:
+            raise errors.DuplicateKey(f"the key {exc.args[0][:80]!r} appears more than once in one object; "
+                                      "send each key once (RFC 8259 4)") from None
         except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise errors.MalformedJson(f"request body is not valid JSON: {_short(exc)}") from None
         if not isinstance(parsed, dict):
             raise errors.InvalidBody(f"request body must be a JSON object, not {_json_kind(parsed)}")
+        _refuse_lone_surrogates(parsed)
         return parsed
+
+
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Refuse an object that names a key twice: readers disagree on which one wins (the last, here; the
+    first, for some proxies), and a body must mean one thing to everyone who reads it."""
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(key)
+        result[key] = value
+    return result
+
+
+def _refuse_lone_surrogates(value: object) -> None:
+    """A string escape like "\\ud800" with no partner is not Unicode text (RFC 8259 8.2)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise errors.MalformedJson("request body holds a \\u escape that is not a whole Unicode "
+                                       "character (an unpaired surrogate)") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_lone_surrogates(key)
+            _refuse_lone_surrogates(item)
+    elif isinstance(value, list):
+        for item in value:
+            _refuse_lone_surrogates(item)
 
 
 def _reject_constant(name: str) -> Any:
@@ -131,19 +178,31 @@ def json_response(status: int, body: object, headers: Mapping[str, str] | None =
     }
 
 
-def problem_response(error: LedgerError, request: ApiRequest | None = None) -> ProxyResponse:
+#: What a client is told about a failure of ours: nothing internal, ever (the details go to the log).
+_INTERNAL = errors.LedgerError("the server failed to handle this request; it has been logged")
+
+
+def problem_response(error: LedgerError, request: ApiRequest | None = None, path: str | None = None,
+                     request_id: str | None = None) -> ProxyResponse:
+    """An RFC 9457 problem for ``error``. A 5xx other than 503 is always the generic ``internal-error``."""
     status = status_of(error)
+    shown = error if status < 500 or status == 503 else _INTERNAL
     body: dict[str, object] = {
-        "type": PROBLEM_TYPE_BASE + error.code,
-        "title": error.title,
+        "type": PROBLEM_TYPE_BASE + shown.code,
+        "title": shown.title,
         "status": status,
-        "detail": error.detail,
-        "code": error.code,
+        "detail": shown.detail,
+        "code": shown.code,
     }
-    if request is not None:
-        body["instance"] = request.path
-        body["request_id"] = request.request_id
+    instance = request.path if request is not None else path
+    request_id = request.request_id if request is not None else request_id
+    if instance is not None:
+        body["instance"] = instance
+    if request_id is not None:
+        body["request_id"] = request_id
     headers = {"Content-Type": PROBLEM_JSON_TYPE}
+    if request_id is not None:
+        headers["X-Request-Id"] = request_id
     if status == 503:
         headers["Retry-After"] = RETRY_AFTER_SECONDS
     return {"statusCode": status, "headers": headers, "body": json.dumps(body, separators=(",", ":")),
@@ -169,15 +228,18 @@ def serve(event: ProxyEvent, route: RouteHandler[Deps], dependencies: Callable[[
     except LedgerError as exc:
         code = exc.code
         response = problem_response(exc, request)
-        if status_of(exc) >= 500:
+        status = status_of(exc)
+        if status == 503:
             # An outage is expected and repeats: one compact line with its cause, not a trace per request.
             cause = exc.__cause__
             log.warning("request failed: %s", exc.detail, extra={"fields": {
                 "cause": None if cause is None else f"{type(cause).__name__}: {cause}"[:300]}})
+        elif status >= 500:
+            log.error("request failed: %s: %s", exc.code, exc.detail, exc_info=exc.__cause__ is not None)
     except Exception:
         code = "internal-error"
         log.exception("unhandled error")
-        response = problem_response(errors.LedgerError("the server failed to handle this request"), request)
+        response = problem_response(errors.LedgerError("unhandled error"), request)
     if request is not None:
         response["headers"].setdefault("X-Request-Id", request.request_id)
     if log.isEnabledFor(logging.INFO):

@@ -6,8 +6,9 @@ One client per process, reused by every request: ``runtime.py`` builds it on fir
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import redis
@@ -40,6 +41,49 @@ UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
+#: Set when a script call has been handed to a socket (see ``sending_scripts``).
+_SCRIPT_SENT: ContextVar[bool] = ContextVar("ledgerstream_script_sent", default=False)
+
+
+class _MarksScriptSends:
+    """A connection that notes, before it writes, that a script call leaves for Redis: from then on, a
+    failure means "it may have been applied", not "nothing happened"."""
+
+    def send_command(self, *args: Any, **kwargs: Any) -> None:
+        if args and args[0] in ("EVALSHA", "EVAL"):
+            _SCRIPT_SENT.set(True)
+        super().send_command(*args, **kwargs)  # type: ignore[misc]
+
+
+_TRACKING: dict[type[Any], type[Any]] = {}
+
+
+def _tracking(connection_class: type[Any]) -> type[Any]:
+    if issubclass(connection_class, _MarksScriptSends):
+        return connection_class
+    if connection_class not in _TRACKING:
+        _TRACKING[connection_class] = type(f"Tracking{connection_class.__name__}",
+                                           (_MarksScriptSends, connection_class), {})
+    return _TRACKING[connection_class]
+
+
+class TrackingConnectionPool(redis.ConnectionPool):
+    """A pool whose connections (plain, TLS or unix socket, as the URL says) mark script sends."""
+
+    def __init__(self, connection_class: type[Any] = redis.Connection, **kwargs: Any) -> None:
+        super().__init__(connection_class=_tracking(connection_class), **kwargs)
+
+
+@contextmanager
+def sending_scripts() -> Iterator[Callable[[], bool]]:
+    """Watch the script calls made inside the block; the callable tells whether any was sent."""
+    token = _SCRIPT_SENT.set(False)
+    try:
+        yield _SCRIPT_SENT.get
+    finally:
+        _SCRIPT_SENT.reset(token)
+
+
 def build_client(settings: Settings) -> redis.Redis:
     """A client with a connection pool; build one per process and reuse it for every request."""
     options: dict[str, Any] = {
@@ -55,9 +99,10 @@ def build_client(settings: Settings) -> redis.Redis:
         # RedisClusterException, which the caller reports as an outage (see ``runtime.redis_client``).
         seeds = [ClusterNode(host, port) for host, port in settings.redis_cluster_nodes]  # type: ignore[no-untyped-call]
         cluster: redis.Redis = redis.RedisCluster(url=settings.redis_url, startup_nodes=seeds,  # type: ignore[assignment]
-                                                  **options)
+                                                  connection_pool_class=TrackingConnectionPool, **options)
         return cluster
-    return redis.Redis.from_url(settings.redis_url, health_check_interval=30, **options)
+    pool = TrackingConnectionPool.from_url(settings.redis_url, health_check_interval=30, **options)
+    return redis.Redis(connection_pool=pool)
 
 
 def is_cluster(client: object) -> bool:

@@ -14,25 +14,28 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis
+from redis.exceptions import AskError, MovedError, NoScriptError
 
 from shared.account import Account
-from shared.errors import CorruptHistory
+from shared.errors import CorruptHistory, StoreUnavailable
 from shared.event_store import (
     Appended,
     AppendOutcome,
+    AppendUnknown,
     Conflict,
     Duplicate,
     IdempotencyRecord,
     IdempotencyWrite,
     Loaded,
+    NotDurable,
 )
 from shared.events import NewEvent, RecordedEvent
 from shared.keys import KeySpace
-from shared.redis_client import is_cluster, unavailable_as_store_error
+from shared.redis_client import UNAVAILABLE_ERRORS, is_cluster, sending_scripts, unavailable_as_store_error
 from shared.stream_codec import ITEMS_PER_EVENT, decode_entries, encode
 
 
@@ -53,10 +56,13 @@ class RedisEventStore:
     """Snapshots are written by the append script, atomically with the events they summarise, whenever the
     service passes one (its policy: every ``SNAPSHOT_INTERVAL`` versions)."""
 
-    def __init__(self, client: redis.Redis, keys: KeySpace, idempotency_ttl_seconds: int) -> None:
+    def __init__(self, client: redis.Redis, keys: KeySpace, idempotency_ttl_seconds: int,
+                 wait_replicas: int = 0, wait_timeout_ms: int = 1000) -> None:
         self._redis = client
         self._keys = keys
         self._ttl = idempotency_ttl_seconds
+        self._wait_replicas = wait_replicas
+        self._wait_timeout_ms = wait_timeout_ms
         self._append = client.register_script(APPEND_LUA)
         self._load = client.register_script(LOAD_LUA)
         self._read = client.register_script(READ_LUA)
@@ -86,9 +92,64 @@ class RedisEventStore:
                idempotency: IdempotencyWrite | None = None, snapshot: Account | None = None) -> AppendOutcome:
         keys, args = append_arguments(self._keys, self._ttl, account_id, expected_version, events, idempotency,
                                       snapshot)
-        with unavailable_as_store_error():
-            reply = self._append(keys=keys, args=args)
+        if self._wait_replicas:
+            return self._append_and_wait(keys, args)
+        with sending_scripts() as sent:
+            try:
+                reply = self._append(keys=keys, args=args)
+            except UNAVAILABLE_ERRORS as exc:
+                if sent():  # it left for Redis: applied or not, in flight or not, only a later read can tell
+                    raise AppendUnknown(f"no reply to an append to {account_id}: {type(exc).__name__}") from exc
+                raise StoreUnavailable(f"Redis is unavailable: {type(exc).__name__}") from exc
         return _outcome(reply)
+
+    def confirm_durable(self, account_id: str) -> None:
+        """With ``wait_replicas``, write to the partition's sync key and WAIT on the same connection: replicas
+        apply writes in order, so once they confirm this one, they hold every earlier write too."""
+        if not self._wait_replicas:
+            return
+        key = self._keys.partition_key(self._keys.partition_of(account_id), "sync")
+        with unavailable_as_store_error():
+            pipe = self._node(key).pipeline(transaction=False)
+            pipe.incr(key)
+            pipe.wait(self._wait_replicas, self._wait_timeout_ms)
+            _, confirmed = pipe.execute()
+        if int(confirmed) < self._wait_replicas:
+            raise NotDurable(int(confirmed), self._wait_replicas)
+
+    def _append_and_wait(self, keys: list[str], args: list[bytes | str | int]) -> AppendOutcome:
+        """The append and a WAIT on one connection, in one round trip: WAIT counts the replicas that have
+        this connection's writes. Any failure here is an unknown outcome (the pair may have been sent)."""
+        node = self._node(keys[0])
+        for attempt in (1, 2):
+            try:
+                pipe = node.pipeline(transaction=False)
+                pipe.evalsha(self._append.sha, len(keys), *keys, *args)
+                pipe.wait(self._wait_replicas, self._wait_timeout_ms)
+                reply, confirmed = pipe.execute(raise_on_error=False)
+            except UNAVAILABLE_ERRORS as exc:
+                raise AppendUnknown(f"no reply to an append: {type(exc).__name__}") from exc
+            if isinstance(reply, NoScriptError) and attempt == 1:
+                node.script_load(APPEND_LUA)  # a restarted or newly promoted node has an empty script cache
+                continue
+            if isinstance(reply, MovedError | AskError):  # refused before it ran: nothing was written
+                cast(Any, self._redis).nodes_manager.initialize()
+                raise StoreUnavailable("the cluster moved this account's slot; retry the request")
+            if isinstance(reply, Exception):
+                raise reply
+            outcome = _outcome(reply)
+            if isinstance(outcome, Appended) and int(confirmed) < self._wait_replicas:
+                raise NotDurable(int(confirmed), self._wait_replicas)
+            return outcome
+        raise StoreUnavailable("the append script could not be loaded")
+
+    def _node(self, key: str) -> redis.Redis:
+        """The client of the node that owns ``key`` (on a single node, the client itself)."""
+        if not is_cluster(self._redis):
+            return self._redis
+        cluster: Any = self._redis
+        node_client: redis.Redis = cluster.get_redis_connection(cluster.get_node_from_key(key))
+        return node_client
 
     def append_many(self, requests: Sequence[AppendRequest]) -> list[AppendOutcome]:
         """Several appends (to different accounts, or to one in order), each as atomic as ``append``.

@@ -51,9 +51,11 @@ def redis_client() -> redis.Redis:
 @cache
 def dependencies() -> Dependencies:
     config = settings()
-    store = RedisEventStore(redis_client(), keys(), config.idempotency_ttl_seconds)
+    store = RedisEventStore(redis_client(), keys(), config.idempotency_ttl_seconds, config.redis_wait_replicas,
+                            config.redis_wait_timeout_ms)
     service = AccountService(store, max_attempts=config.command_max_attempts,
-                             snapshot_interval=config.snapshot_interval)
+                             snapshot_interval=config.snapshot_interval,
+                             deadline_seconds=config.command_deadline_seconds)
     return Dependencies(service, config)
 
 

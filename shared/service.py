@@ -19,15 +19,17 @@ import orjson
 
 from shared import account
 from shared.account import Account, Command, DomainEvent
-from shared.errors import AccountNotFound, IdempotencyKeyReused, VersionConflict
+from shared.errors import AccountNotFound, IdempotencyKeyReused, OutcomeUnknown, StoreUnavailable, VersionConflict
 from shared.event_store import (
     Appended,
+    AppendUnknown,
     Conflict,
     Duplicate,
     EventStore,
     IdempotencyRecord,
     IdempotencyWrite,
     Loaded,
+    NotDurable,
 )
 from shared.events import Metadata, NewEvent, RecordedEvent
 from shared.preconditions import IfMatch
@@ -69,11 +71,15 @@ def utc_now() -> str:
 
 class AccountService:
     def __init__(self, store: EventStore, *, max_attempts: int = 10, snapshot_interval: int = 0,
+                 deadline_seconds: float = 8.0,
                  clock: Callable[[], str] = utc_now,
                  sleep: Callable[[float], None] = time.sleep,
+                 monotonic: Callable[[], float] = time.monotonic,
                  new_id: Callable[[], str] = lambda: str(uuid.uuid4())) -> None:
         self._store = store
         self._max_attempts = max_attempts
+        self._deadline = deadline_seconds
+        self._monotonic = monotonic
         self._snapshot_interval = snapshot_interval
         self._clock = clock
         self._sleep = sleep
@@ -98,15 +104,20 @@ class AccountService:
         # One event id for every attempt: if an append's reply is lost and Redis did apply it, the next
         # load finds this id in the history and we answer with that outcome instead of appending again.
         event_id = self._new_id()
-        expected: int | None = None
-        for attempt in range(self._max_attempts):
-            loaded = self._store.load(account_id, context.idempotency_key)
+        deadline = self._monotonic() + self._deadline
+        expected: int | None = None  # the version our last append expected
+        unsure = False  # an append went out without a reply: until a load says otherwise, it may have landed
+        conflicts = 0
+        while True:
+            loaded = self._load(account_id, command, context, unsure, deadline)
             if loaded.idempotency is not None:
-                return _replay(loaded.idempotency, fingerprint, context)
+                return self._durable(account_id, _replay(loaded.idempotency, fingerprint, context), command,
+                                     context, deadline)
             if expected is not None:
                 landed = self._find_landed(account_id, loaded, expected, event_id)
                 if landed is not None:
-                    return landed
+                    return self._durable(account_id, landed, command, context, deadline)
+            unsure = False
             state = account.rebuild(account_id, loaded.events, loaded.snapshot)
             if context.if_match is not None:
                 context.if_match.check(state)
@@ -124,17 +135,59 @@ class AccountService:
                 idempotency = IdempotencyWrite(context.idempotency_key,
                                                IdempotencyRecord(fingerprint, result.to_json()))
             expected = state.version
-            outcome = self._store.append(account_id, state.version, [event], idempotency,
-                                         self._snapshot(loaded, after))
+            try:
+                outcome = self._store.append(account_id, state.version, [event], idempotency,
+                                             self._snapshot(loaded, after))
+            except AppendUnknown as exc:
+                if self._monotonic() >= deadline:
+                    raise OutcomeUnknown(_unknown(command, account_id, context, "its reply never came")) from exc
+                unsure = True
+                continue  # the next load says whether it landed
+            except NotDurable:
+                return self._durable(account_id, result, command, context, deadline)
             if isinstance(outcome, Appended):
                 return result
             if isinstance(outcome, Duplicate):
-                return _replay(outcome.record, fingerprint, context)
+                return self._durable(account_id, _replay(outcome.record, fingerprint, context), command, context,
+                                     deadline)
             assert isinstance(outcome, Conflict)
-            self._backoff(attempt)
-        raise VersionConflict(
-            f"account {account_id} changed concurrently {self._max_attempts} times; retry the request"
-        )
+            self._backoff(conflicts)
+            conflicts += 1
+            if conflicts >= self._max_attempts:
+                raise VersionConflict(
+                    f"account {account_id} changed concurrently {self._max_attempts} times; retry the request")
+
+    def _load(self, account_id: str, command: Command, context: CommandContext, unsure: bool,
+              deadline: float) -> Loaded:
+        """Load; while an append of ours may have landed, keep trying until the deadline instead of saying
+        "unavailable" (which promises that nothing happened)."""
+        attempt = 0
+        while True:
+            try:
+                return self._store.load(account_id, context.idempotency_key)
+            except StoreUnavailable as exc:
+                if not unsure:
+                    raise
+                if self._monotonic() >= deadline:
+                    raise OutcomeUnknown(_unknown(command, account_id, context, "Redis stopped answering")) from exc
+                self._sleep(min(0.5, 0.05 * 2**attempt))
+                attempt += 1
+
+    def _durable(self, account_id: str, result: CommandResult, command: Command, context: CommandContext,
+                 deadline: float) -> CommandResult:
+        """Answer ``result`` only once the store confirms it is durable (a no-op unless replicas must confirm)."""
+        attempt = 0
+        while True:
+            try:
+                self._store.confirm_durable(account_id)
+                return result
+            except (NotDurable, StoreUnavailable) as exc:
+                if self._monotonic() >= deadline:
+                    why = str(exc) if isinstance(exc, NotDurable) else "Redis stopped answering"
+                    raise OutcomeUnknown(_unknown(command, account_id, context, f"it is stored, but {why}",
+                                                  stored=True)) from exc
+                self._sleep(min(0.5, 0.05 * 2**attempt))
+                attempt += 1
 
     def _find_landed(self, account_id: str, loaded: Loaded, expected: int, event_id: str) -> CommandResult | None:
         """Our own event, if an earlier attempt's append was applied although its reply never reached us."""
@@ -164,6 +217,24 @@ class AccountService:
 
 def _fingerprint(account_id: str, command: Command) -> str:
     return hashlib.sha256(f"{account_id}\n{command.fingerprint()}".encode()).hexdigest()
+
+
+_NAMES = {"OpenAccount": "account opening", "Deposit": "deposit", "Withdraw": "withdrawal"}
+
+
+def _unknown(command: Command, account_id: str, context: CommandContext, why: str, stored: bool = False) -> str:
+    """What a client can do about an outcome nobody can tell it: the words of the 503 outcome-unknown."""
+    what = _NAMES.get(type(command).__name__, "request")
+    state = ("was stored on the primary but is not yet safe from a crash" if stored
+             else "was sent to the event store, and whether it was applied is not known")
+    correlation = context.correlation_id or context.request_id
+    if context.idempotency_key is not None:
+        advice = (f"retry with the same Idempotency-Key ({context.idempotency_key}): a retry can never apply it "
+                  "twice, and answers with its outcome")
+    else:
+        advice = ("send it with an Idempotency-Key next time, so a retry is always safe; before sending it again, "
+                  f"look for correlation id {correlation} in GET /accounts/{account_id}/events")
+    return f"the {what} {state} ({why}); {advice}"
 
 
 def _replay(record: IdempotencyRecord, fingerprint: str, context: CommandContext) -> CommandResult:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from shared.errors import InvalidAccountId, InvalidBody, InvalidHeader, InvalidQuery, MissingField
 from shared.preconditions import IfMatch
@@ -65,8 +65,11 @@ def if_match(value: str | None) -> IfMatch | None:
     return IfMatch(versions=frozenset(versions), weak_tags=tuple(weak))
 
 
-def page(query: Mapping[str, str]) -> tuple[int, int]:
+def page(query: Mapping[str, str], repeated: Iterable[str] = ()) -> tuple[int, int]:
     """``after`` (a version, default 0) and ``limit`` (1..1000, default 100) of the events endpoint."""
+    twice = sorted(repeated)
+    if twice:
+        raise InvalidQuery(f"query parameter {twice[0][:40]!r} is given more than once; give it once")
     unknown = set(query) - {"after", "limit"}
     if unknown:
         raise InvalidQuery(f"unknown query parameter {sorted(unknown)[0]!r}; expected after and limit")

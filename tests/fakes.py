@@ -73,6 +73,9 @@ class InMemoryEventStore:
                 self.idempotency[account_id, idempotency.key] = (idempotency.record, self._clock() + self._ttl)
             return Appended(len(stream))
 
+    def confirm_durable(self, account_id: str) -> None:
+        """Nothing beyond memory to wait for."""
+
     def _record(self, account_id: str, key: str) -> IdempotencyRecord | None:
         found = self.idempotency.get((account_id, key))
         if found is None:

@@ -43,6 +43,14 @@ MATRIX: list[tuple[str, str | None, object, str | None, dict[str, str], int, str
     ("deposit", "acc", {"amount": BIG}, None, {}, 400, "invalid-amount"),
     ("deposit", "acc", None, '{"amount": 1e400}', {}, 400, "invalid-amount"),
     ("deposit", "acc", None, '{"amount": ' + "9" * 5000 + "}", {}, 400, "malformed-json"),
+    # duplicate keys at any depth, and text that is not Unicode (RFC 8259 4, 8.1, 8.2)
+    ("deposit", "acc", None, '{"amount": "1.00", "amount": "1000000"}', {}, 400, "duplicate-key"),
+    ("deposit", "acc", None, '{"amount": {"v": 1, "v": 2}}', {}, 400, "duplicate-key"),
+    ("deposit", "acc", None, '{"amount": [{"a": 1, "a": 1}]}', {}, 400, "duplicate-key"),
+    ("create_account", None, None, '{"id": "acc2", "id": "acc"}', {}, 400, "duplicate-key"),
+    ("deposit", "acc", None, '{"amount": "\\ud800"}', {}, 400, "malformed-json"),
+    ("deposit", "acc", None, '{"\\udfff": 1}', {}, 400, "malformed-json"),
+    ("deposit", "acc", None, '\ufeff{"amount": 1}', {}, 400, "malformed-json"),
     # fields and shapes
     ("deposit", "acc", {}, None, {}, 400, "missing-field"),
     ("deposit", "acc", {"amt": 5}, None, {}, 400, "invalid-body"),
@@ -127,6 +135,11 @@ def test_events_endpoint_validates_its_query(api: Api) -> None:
     api.call("create_account", "acc")
     for query in ({"limit": "0"}, {"limit": "x"}, {"after": "-1"}, {"page": "2"}):
         assert_problem(api.call("list_events", "acc", query=query), 400, "invalid-query")
+    repeated = make_event("list_events", "acc", query={"limit": "2"})
+    repeated["multiValueQueryStringParameters"] = {"limit": ["1", "2"]}
+    problem = api.send("list_events", repeated)
+    assert_problem(problem, 400, "invalid-query")
+    assert "more than once" in body_of(problem)["detail"]
 
 
 def test_an_event_with_nothing_in_it_is_a_client_error(api: Api) -> None:

@@ -21,6 +21,7 @@ from shared.events import NewEvent
 from shared.http import STATUS_BY_ERROR
 from tests.fakes import InMemoryEventStore
 from tests.support.apigw import Api, body_of
+from tests.support.events import new_event
 from tests.support.memory import memory_dependencies
 
 
@@ -177,3 +178,34 @@ def test_settings_reach_the_route(store: InMemoryEventStore) -> None:
     tight = memory_dependencies(store, Settings(max_body_bytes=256))
     response = Api(lambda: tight).call("create_account", None, {"id": "bob", "pad": "x" * 300})
     assert (response["statusCode"], body_of(response)["code"]) == (413, "payload-too-large")
+
+
+def test_a_corrupt_history_is_a_generic_500_and_the_detail_goes_to_the_log(captured_log: io.StringIO) -> None:
+    store = InMemoryEventStore()
+    store.append("bob", 0, [new_event("bob", "AccountOpened"), new_event("bob", amount=-5)])
+    response = Api(lambda: memory_dependencies(store)).call("get_account", "bob")
+    assert response["statusCode"] == 500
+    problem = body_of(response)
+    assert (problem["code"], problem["title"]) == ("internal-error", "Internal error")
+    assert "amount_minor" not in response["body"] and "corrupt" not in response["body"]
+    logged = [line for line in _log_lines(captured_log) if line["level"] == "ERROR"]
+    assert logged and "corrupt-history" in logged[0]["message"] and "amount_minor" in logged[0]["message"]
+
+
+def test_an_idempotency_key_can_be_required(store: InMemoryEventStore) -> None:
+    strict = memory_dependencies(store, Settings(require_idempotency_key=True))
+    api = Api(lambda: strict)
+    refused = api.call("create_account", "bob")
+    assert (refused["statusCode"], body_of(refused)["code"]) == (428, "idempotency-key-required")
+    assert store.streams == {}
+    assert api.call("create_account", "bob", headers={"Idempotency-Key": "k1"})["statusCode"] == 201
+    assert api.call("deposit", "bob", {"amount": 1})["statusCode"] == 428
+    assert api.call("get_account", "bob")["statusCode"] == 200  # reads need no key
+
+
+def test_every_problem_carries_the_request_id(api: Api) -> None:
+    for response in (api.call("get_account", "nobody"), api.call("deposit", "x y", {"amount": 1}),
+                     api.call("create_account", None, raw_body="{")):
+        problem = body_of(response)
+        assert problem["request_id"] == response["headers"]["X-Request-Id"]
+        assert problem["instance"]

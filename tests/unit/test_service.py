@@ -8,8 +8,16 @@ import pytest
 
 from shared import account
 from shared.account import Account, Deposit, OpenAccount, Withdraw
-from shared.errors import AccountNotFound, IdempotencyKeyReused, InsufficientFunds, PreconditionFailed, VersionConflict
-from shared.event_store import AppendOutcome, Conflict, IdempotencyWrite
+from shared.errors import (
+    AccountNotFound,
+    IdempotencyKeyReused,
+    InsufficientFunds,
+    OutcomeUnknown,
+    PreconditionFailed,
+    StoreUnavailable,
+    VersionConflict,
+)
+from shared.event_store import AppendOutcome, AppendUnknown, Conflict, IdempotencyWrite, Loaded, NotDurable
 from shared.events import NewEvent
 from shared.preconditions import IfMatch
 from shared.service import AccountService, CommandContext
@@ -191,3 +199,121 @@ def test_an_account_without_snapshots_gets_one_on_its_next_write() -> None:
     service.execute("old", Deposit(1), ctx())
     assert store.snapshot_versions == [7]
     assert [e.version for e in store.load("old").events] == []
+
+
+class Clock:
+    """A monotonic clock that moves only when the service sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class LosesReplies(InMemoryEventStore):
+    """Appends whose replies never come: ``applies`` says whether the append took anyway; after a lost
+    reply, ``down`` loads fail as if Redis stopped answering."""
+
+    def __init__(self, applies: bool, lost: int = 1, down: int = 0) -> None:
+        super().__init__()
+        self.applies, self.lost, self.down = applies, lost, down
+
+    def append(self, account_id: str, expected_version: int, events: Sequence[NewEvent],
+               idempotency: IdempotencyWrite | None = None, snapshot: Account | None = None) -> AppendOutcome:
+        if expected_version == 0 or self.lost <= 0:
+            return super().append(account_id, expected_version, events, idempotency, snapshot)
+        self.lost -= 1
+        if self.applies:
+            super().append(account_id, expected_version, events, idempotency, snapshot)
+        raise AppendUnknown("no reply")
+
+    def load(self, account_id: str, idempotency_key: str | None = None) -> Loaded:
+        if self.down > 0 and self.lost == 0:
+            self.down -= 1
+            raise StoreUnavailable("Redis is unavailable: TimeoutError")
+        return super().load(account_id, idempotency_key)
+
+
+def _service(store: InMemoryEventStore, clock: Clock, deadline: float = 8.0) -> AccountService:
+    return AccountService(store, sleep=clock.sleep, monotonic=lambda: clock.now, deadline_seconds=deadline)
+
+
+@pytest.mark.parametrize("applies", [True, False], ids=["it-landed", "it-did-not"])
+def test_a_lost_reply_is_resolved_by_reading_again(applies: bool) -> None:
+    store = LosesReplies(applies=applies, down=3)  # and Redis is away for three loads on top
+    service = _service(store, Clock())
+    service.execute("acc", OpenAccount(), ctx())
+    result = service.execute("acc", Deposit(250), ctx("k1"))
+    assert (result.balance, result.version) == (250, 2)
+    assert [e.type for e in store.streams["acc"]] == ["AccountOpened", "FundsDeposited"]  # once, either way
+
+
+def test_an_outcome_nobody_can_learn_in_time_is_outcome_unknown_with_advice() -> None:
+    store = LosesReplies(applies=True, down=10_000)
+    clock = Clock()
+    service = _service(store, clock, deadline=3.0)
+    service.execute("acc", OpenAccount(), ctx())
+    with pytest.raises(OutcomeUnknown) as unknown:
+        service.execute("acc", Deposit(250), CommandContext("req-9", idempotency_key="k-42"))
+    assert "retry with the same Idempotency-Key (k-42)" in unknown.value.detail
+    assert clock.now >= 3.0
+    fresh = _service(LosesReplies(applies=False, down=10_000), Clock(), deadline=3.0)
+    fresh.execute("acc", OpenAccount(), ctx())
+    with pytest.raises(OutcomeUnknown) as keyless:
+        fresh.execute("acc", Deposit(1), CommandContext("req-10", correlation_id="corr-7"))
+    assert "correlation id corr-7" in keyless.value.detail and "/accounts/acc/events" in keyless.value.detail
+
+
+def test_store_unavailable_before_anything_was_sent_stays_store_unavailable() -> None:
+    class Down(InMemoryEventStore):
+        def load(self, account_id: str, idempotency_key: str | None = None) -> Loaded:
+            raise StoreUnavailable("Redis is unavailable: ConnectionError")
+
+    with pytest.raises(StoreUnavailable) as raised:
+        _service(Down(), Clock()).execute("acc", Deposit(1), ctx())
+    assert not isinstance(raised.value, OutcomeUnknown)
+
+
+class Replicas(InMemoryEventStore):
+    """Appends that the primary takes but ``unconfirmed`` times no replica confirms in time."""
+
+    def __init__(self, unconfirmed: int) -> None:
+        super().__init__()
+        self.unconfirmed = unconfirmed
+        self.waits = 0
+
+    def append(self, account_id: str, expected_version: int, events: Sequence[NewEvent],
+               idempotency: IdempotencyWrite | None = None, snapshot: Account | None = None) -> AppendOutcome:
+        outcome = super().append(account_id, expected_version, events, idempotency, snapshot)
+        if expected_version > 0:
+            self.confirm_durable(account_id)
+        return outcome
+
+    def confirm_durable(self, account_id: str) -> None:
+        self.waits += 1
+        if self.unconfirmed > 0:
+            self.unconfirmed -= 1
+            raise NotDurable(0, 1)
+
+
+def test_a_write_the_replicas_confirm_late_is_answered_once_they_do() -> None:
+    store = Replicas(unconfirmed=2)
+    service = _service(store, Clock())
+    service.execute("acc", OpenAccount(), ctx())
+    assert service.execute("acc", Deposit(5), ctx("k1")).balance == 5
+    assert store.waits == 3 and len(store.streams["acc"]) == 2
+
+
+def test_a_write_no_replica_confirms_is_outcome_unknown_and_its_retry_waits_again() -> None:
+    store = Replicas(unconfirmed=10_000)
+    clock = Clock()
+    service = _service(store, clock, deadline=2.0)
+    service.execute("acc", OpenAccount(), ctx())
+    with pytest.raises(OutcomeUnknown, match="stored on the primary"):
+        service.execute("acc", Deposit(5), ctx("k1"))
+    store.unconfirmed = 0  # the replica caught up
+    clock.now = 0.0
+    replay = service.execute("acc", Deposit(5), ctx("k1"))
+    assert (replay.balance, replay.replayed) == (5, True)
+    assert len(store.streams["acc"]) == 2  # the retry found the first one and waited for it: nothing twice

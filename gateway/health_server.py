@@ -1,0 +1,124 @@
+"""python -m gateway.health_server --bind HOST:PORT --app HOST:PORT
+
+The gateway's probes, answered by a process of their own (started by gunicorn, see gunicorn.conf.py) so that
+they answer within a second even while every gunicorn worker is busy: a frozen Redis holds each worker for up
+to its command deadline, and a probe queued behind them would time out and get a healthy process killed.
+
+* ``/healthz`` (liveness): gunicorn's listening socket accepts a connection. It does not look at Redis.
+* ``/readyz`` (readiness): Redis answers (on a cluster: every master that owns a partition), checked with a
+  short timeout and remembered for a second, so a frozen Redis turns it 503 within a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import redis
+from redis.exceptions import RedisError
+
+from shared import errors
+from shared.config import load_settings
+from shared.errors import StoreUnavailable
+from shared.http import problem_response
+from shared.keys import KeySpace
+from shared.redis_client import build_client, check_ready
+
+_PROBE_TIMEOUT_S = 0.8
+
+
+class Probes:
+    def __init__(self, app: tuple[str, int]) -> None:
+        self._app = app
+        settings = load_settings()
+        self._settings = dataclasses.replace(settings, redis_timeout_seconds=_PROBE_TIMEOUT_S)
+        self._keys = KeySpace(settings.key_prefix, settings.partitions)
+        self._lock = threading.Lock()
+        self._ready: tuple[float, StoreUnavailable | None] = (0.0, None)
+        self._client: redis.Redis | None = None
+
+    def live(self) -> bool:
+        host = "127.0.0.1" if self._app[0] in ("0.0.0.0", "", "::") else self._app[0]
+        try:
+            with socket.create_connection((host, self._app[1]), timeout=_PROBE_TIMEOUT_S):
+                return True
+        except OSError:
+            return False
+
+    def ready(self) -> StoreUnavailable | None:
+        with self._lock:
+            checked, problem = self._ready
+            if time.monotonic() - checked < 1.0:
+                return problem
+            try:
+                if self._client is None:
+                    self._client = build_client(self._settings)
+                check_ready(self._client, self._keys)
+                problem = None
+            except StoreUnavailable as exc:
+                problem = exc
+            except RedisError as exc:  # a cluster whose topology cannot be discovered, say
+                problem = StoreUnavailable(f"Redis is unavailable: {type(exc).__name__}")
+                self._client = None
+            self._ready = (time.monotonic(), problem)
+            return problem
+
+
+def serve(bind: tuple[str, int], probes: Probes) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?")[0]
+            if path == "/healthz":
+                ok = probes.live()
+                self._reply(200 if ok else 503, {"status": "ok" if ok else "gunicorn does not accept"}, {})
+            elif path == "/readyz":
+                problem = probes.ready()
+                if problem is None:
+                    self._reply(200, {"status": "ready"}, {})
+                else:
+                    response = problem_response(problem, path=path)
+                    self._reply(response["statusCode"], json.loads(response["body"]), response["headers"])
+            else:
+                response = problem_response(errors.RouteNotFound(f"no route for GET {path[:200]}"), path=path)
+                self._reply(404, json.loads(response["body"]), response["headers"])
+
+        def _reply(self, status: int, body: dict[str, object], headers: dict[str, str]) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", headers.get("Content-Type", "application/json"))
+            if "Retry-After" in headers:
+                self.send_header("Retry-After", headers["Retry-After"])
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: object) -> None:  # probes would flood the log
+            return
+
+    return ThreadingHTTPServer(bind, Handler)
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gateway.health_server", description=__doc__.splitlines()[0])
+    parser.add_argument("--bind", required=True, help="host:port to answer the probes on")
+    parser.add_argument("--app", required=True, help="gunicorn's bind address, host:port")
+    args = parser.parse_args(argv)
+    server = serve(_address(args.bind), Probes(_address(args.app)))
+    with contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

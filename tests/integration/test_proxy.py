@@ -1,0 +1,234 @@
+"""The shipped reverse-proxy configuration (deploy/nginx/ledgerstream.conf.template) under a real nginx, in
+front of the real gateway under gunicorn (with its health process), against a real Redis of its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from devstack.process import spawn, terminate
+from devstack.redis_server import RedisProcess, free_port
+from tests.support.waiting import wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = ROOT / "deploy" / "nginx" / "ledgerstream.conf.template"
+
+
+def render(template: Path, values: dict[str, str]) -> str:
+    """What the official nginx image does to /etc/nginx/templates/*.template: ${NAME} from the environment."""
+    text = template.read_text()
+    for name, value in values.items():
+        text = text.replace("${" + name + "}", value)
+    assert "${" not in text, "a variable of the template was not given"
+    return text
+
+
+@dataclass
+class Stack:
+    url: str
+    gunicorn_url: str
+    health_url: str
+    redis: RedisProcess
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if nginx is None:
+        if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+            pytest.fail("CI=true and nginx is not installed (apt-get install nginx)")
+        pytest.skip("nginx is not installed (apt-get install nginx)")
+    redis_server = RedisProcess().start()
+    app_port, health_port, nginx_port = free_port(), free_port(), free_port()
+    env = {**os.environ, "REDIS_URL": redis_server.url, "LEDGER_KEY_PREFIX": f"p{uuid.uuid4().hex[:6]}",
+           "LOG_LEVEL": "WARNING", "GUNICORN_BIND": f"127.0.0.1:{app_port}", "WEB_CONCURRENCY": "2",
+           "GATEWAY_HEALTH_BIND": f"127.0.0.1:{health_port}", "TRUST_PROXY_REQUEST_ID": "true",
+           "REDIS_TIMEOUT_SECONDS": "1", "COMMAND_DEADLINE_SECONDS": "3"}
+    gunicorn = subprocess.Popen([sys.executable, "-m", "gunicorn", "--config", "gateway/gunicorn.conf.py",
+                                 "gateway:create_app()"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    prefix = tmp_path_factory.mktemp("nginx")
+    (prefix / "logs").mkdir()
+    (prefix / "ledgerstream.conf").write_text(render(TEMPLATE, {
+        "NGINX_PORT": f"127.0.0.1:{nginx_port}", "GATEWAY_UPSTREAM": f"127.0.0.1:{app_port}",
+        "GATEWAY_HEALTH_UPSTREAM": f"127.0.0.1:{health_port}"}))
+    # The image's own nginx.conf, reduced to what a test run needs; the server block is the shipped file.
+    (prefix / "nginx.conf").write_text(f"""
+worker_processes 1;
+error_log {prefix}/logs/error.log warn;
+pid {prefix}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+    client_body_temp_path {prefix}/body; proxy_temp_path {prefix}/proxy; fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi; scgi_temp_path {prefix}/scgi;
+    include {prefix}/ledgerstream.conf;
+}}
+""")
+    proxy = None
+    try:
+        wait_until(lambda: _answers(f"http://127.0.0.1:{health_port}/healthz"), 30, "gunicorn and its health process")
+        proxy = spawn([nginx, "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-g", "daemon off;"],
+                      lambda: _answers(f"http://127.0.0.1:{nginx_port}/healthz"), 20, "nginx")
+        yield Stack(f"http://127.0.0.1:{nginx_port}", f"http://127.0.0.1:{app_port}",
+                    f"http://127.0.0.1:{health_port}", redis_server)
+    finally:
+        terminate(proxy)
+        gunicorn.send_signal(signal.SIGTERM)
+        gunicorn.wait(20)
+        redis_server.stop()
+
+
+def _request(url: str, method: str = "GET", body: object = None, headers: dict[str, str] | None = None,
+             timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json",
+                                                                             **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+
+
+def _quick(url: str) -> bool:
+    """Does ``url`` answer within a fifth of a second?"""
+    try:
+        _request(url, timeout=0.2)
+    except OSError:
+        return False
+    return True
+
+
+class Trickler:
+    """``count`` connections that send a request's headers a byte a second, reopened when nginx drops them."""
+
+    def __init__(self, port: int, count: int) -> None:
+        self.port, self.count = port, count
+        self.opened = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Trickler:
+        self._thread.start()
+        wait_until(lambda: self.opened >= self.count, 30, "the slow connections to open")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _open(self) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        sock.sendall(b"POST /accounts HTTP/1.1\r\nHost: x\r\n")
+        self.opened += 1
+        return sock
+
+    def _run(self) -> None:
+        sockets = [self._open() for _ in range(self.count)]
+        while not self._stop.wait(1.0):
+            for index, sock in enumerate(sockets):
+                try:
+                    sock.sendall(b"X")
+                except OSError:  # nginx closed it (client_header_timeout): come back, as an attacker would
+                    sock.close()
+                    sockets[index] = self._open()
+        for sock in sockets:
+            sock.close()
+
+
+@pytest.mark.slow
+def test_normal_requests_are_served_while_200_clients_trickle_their_headers(stack: Stack) -> None:
+    port = int(stack.url.rsplit(":", 1)[1])
+    assert _request(f"{stack.url}/accounts", "POST", {"id": "steady"})[0] == 201
+    latencies: list[float] = []
+    with Trickler(port, 200):
+        until = time.monotonic() + 20
+        while time.monotonic() < until:
+            started = time.perf_counter()
+            status, headers, _ = _request(f"{stack.url}/accounts/steady/deposits", "POST", {"amount": 1})
+            latencies.append(time.perf_counter() - started)
+            assert status == 200 and headers["X-Request-Id"]
+            assert _request(f"{stack.url}/healthz")[0] == 200
+    latencies.sort()
+    p99 = latencies[int(0.99 * (len(latencies) - 1))]
+    assert len(latencies) > 50 and p99 < 1.0, f"{len(latencies)} requests, p99 {p99:.3f}s"
+
+
+def test_oversized_headers_and_bodies_are_refused_as_problems(stack: Stack) -> None:
+    status, headers, body = _request(f"{stack.url}/accounts", "POST", {"id": "x"}, {"X-Padding": "a" * 20_000})
+    assert status == 431
+    problem = json.loads(body)
+    assert problem["code"] == "headers-too-large" and problem["request_id"] == headers["X-Request-Id"]
+    status, headers, body = _request(f"{stack.url}/accounts", "POST", {"id": "x", "pad": "p" * 40_000})
+    assert (status, json.loads(body)["code"]) == (413, "payload-too-large")
+    assert headers["X-Request-Id"]
+
+
+def test_one_request_id_from_the_proxy_to_the_problem(stack: Stack) -> None:
+    status, headers, body = _request(f"{stack.url}/accounts/nobody")
+    assert status == 404
+    assert json.loads(body)["request_id"] == headers["X-Request-Id"]
+    forged = _request(f"{stack.url}/accounts/nobody", headers={"X-Request-Id": "client-chosen-id-123"})[1]
+    assert forged["X-Request-Id"] != "client-chosen-id-123"  # the proxy overwrites what a client sends
+
+
+def test_a_frozen_redis_never_delays_the_health_probes(stack: Stack) -> None:
+    assert _request(f"{stack.url}/readyz")[0] == 200
+    assert stack.redis.process is not None
+    stack.redis.process.send_signal(signal.SIGSTOP)
+    blocked: list[int] = []
+    try:
+        # Every worker busy on the frozen Redis...
+        def create(account_id: str) -> None:
+            blocked.append(_request(f"{stack.url}/accounts", "POST", {"id": account_id}, timeout=20)[0])
+
+        workers = [threading.Thread(target=create, args=(f"f{n}",)) for n in range(6)]
+        for thread in workers:
+            thread.start()
+        wait_until(lambda: not _quick(f"{stack.gunicorn_url}/healthz"), 10, "every gunicorn worker to be busy")
+        for _ in range(5):  # ...and the probes answer within a second all the same
+            started = time.perf_counter()
+            assert _request(f"{stack.url}/healthz", timeout=2)[0] == 200
+            assert time.perf_counter() - started < 1.0
+        answers: list[tuple[float, int, bytes]] = []
+
+        def not_ready() -> bool:
+            started = time.perf_counter()
+            status, _, body = _request(f"{stack.url}/readyz", timeout=3)
+            answers.append((time.perf_counter() - started, status, body))
+            return status == 503
+
+        wait_until(not_ready, 5, "readiness to report the frozen Redis")  # it remembers a check for a second
+        assert max(seconds for seconds, _, _ in answers) < 2.0
+        assert json.loads(answers[-1][2])["code"] == "store-unavailable"
+    finally:
+        stack.redis.process.send_signal(signal.SIGCONT)
+    for thread in workers:
+        thread.join(30)
+    assert set(blocked) <= {201, 503}
+    wait_until(lambda: _request(f"{stack.url}/readyz")[0] == 200, 10, "readiness after Redis thaws")
