@@ -19,9 +19,11 @@ COPY gateway/gunicorn.conf.py /etc/ledgerstream/gunicorn.conf.py
 ENV PATH=/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     GUNICORN_BIND=0.0.0.0:8080 \
+    GATEWAY_HEALTH_BIND=0.0.0.0:8082 \
     WEB_CONCURRENCY=4
 USER 10001
-EXPOSE 8080
+# 8080: gunicorn, meant to sit behind the proxy (deploy/nginx); 8082: the probes, answered while workers are busy.
+EXPOSE 8080 8082
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s \
-  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)"]
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8082/healthz', timeout=2)"]
 CMD ["gunicorn", "--config", "/etc/ledgerstream/gunicorn.conf.py", "gateway:create_app()"]
