@@ -1,7 +1,8 @@
 """``python -m bench [name ...]``: run the benchmarks (all by default) and print a results table.
 
-Names: handler, http, store-size, history, append, cold-start, projector, takeover, lag. Each figure is printed next
-to the limit it is compared with, measured in the same run, and each run ends with a correctness check.
+Names: handler, http, store-size, history, append, cold-start, projector, takeover, lag, durability.
+Each figure is printed next to the limit it is compared with, measured in the same run, and each run ends
+with a correctness check.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from bench import common, http_load, inprocess, projector_load
+from bench import common, durability, http_load, inprocess, projector_load
 
 BENCHMARKS: dict[str, Callable[[], Any]] = {
     "handler": inprocess.handler_cost,
@@ -27,6 +28,7 @@ BENCHMARKS: dict[str, Callable[[], Any]] = {
     "projector": projector_load.backlog_throughput,
     "takeover": projector_load.takeover,
     "lag": projector_load.end_to_end_lag,
+    "durability": durability.durability_costs,
 }
 
 

@@ -143,7 +143,7 @@ def long_histories(sizes: tuple[int, ...] = (1_000, 10_000), rounds: int = 40) -
         client = runtime.redis_client()
         keys = KeySpace("b4", 16)
         full = RedisEventStore(client, keys, 3600)
-        snapshotted = runtime.dependencies().service
+        snapshotted = runtime.service()
         interval = runtime.settings().snapshot_interval
         for size in sizes:
             account_id = f"long-{size}"

@@ -10,7 +10,8 @@ from pathlib import Path
 
 
 def spawn(command: list[str], ready: Callable[[], bool], timeout: float, what: str, *,
-          log: Path | None = None, own_session: bool = False) -> subprocess.Popen[bytes]:
+          log: Path | None = None, own_session: bool = False, cwd: Path | None = None,
+          env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """Start ``command`` and wait (up to ``timeout``) until ``ready()``.
 
     ``own_session`` keeps the child out of the terminal's process group, so Ctrl-C reaches only us and we
@@ -18,7 +19,8 @@ def spawn(command: list[str], ready: Callable[[], bool], timeout: float, what: s
     """
     output = subprocess.DEVNULL if log is None else log.open("ab")
     try:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=own_session)
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=own_session,
+                                   cwd=cwd, env=env)
     finally:
         if log is not None:
             output.close()  # type: ignore[union-attr]

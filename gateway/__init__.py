@@ -29,7 +29,7 @@ def create_app(dependencies: Callable[[], Dependencies] = runtime.dependencies,
     # Bounded memory per request; the handler applies the same limit to report a 413 itself.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     for route in ROUTES:
-        _register(app, route, dependencies, trust_request_id)
+        _register(app, route, dependencies, trust_request_id, settings.max_body_bytes)
     app.add_url_rule("/healthz", "healthz", _healthz)
     app.add_url_rule("/readyz", "readyz", lambda: _readyz(readiness))
     app.register_error_handler(HTTPException, _http_error)
@@ -39,11 +39,11 @@ def create_app(dependencies: Callable[[], Dependencies] = runtime.dependencies,
 
 
 def _register(app: Flask, route: GatewayRoute, dependencies: Callable[[], Dependencies],
-              trust_request_id: bool) -> None:
+              trust_request_id: bool, body_limit: int) -> None:
     handle: RouteHandler[Dependencies] = importlib.import_module(route.module).handle
 
     def view(**path_parameters: str) -> Response:
-        event = to_event(request, route, path_parameters, trust_request_id)
+        event = to_event(request, route, path_parameters, trust_request_id, body_limit)
         return to_response(serve(event, handle, dependencies))
 
     app.add_url_rule(route.flask_rule, route.function, view, methods=[route.method])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from shared import validation
@@ -17,10 +18,17 @@ from shared.service import AccountService, CommandContext
 @dataclass(frozen=True, slots=True)
 class Dependencies:
     """What a route needs, handed in by its ``lambda_handler``: built once per process by ``runtime.py``,
-    or by a test around an in-memory store."""
+    or by a test around an in-memory store.
 
-    service: AccountService
+    The service is built when a route first asks for it, after the request was validated: a request that
+    is wrong gets its 400 even while Redis is unreachable (building the client connects to it)."""
+
     settings: Settings
+    service_provider: Callable[[], AccountService]
+
+    @property
+    def service(self) -> AccountService:
+        return self.service_provider()
 
 
 def body_fields(request: ApiRequest, settings: Settings, *names: str) -> list[object]:
@@ -50,5 +58,6 @@ def move_money(request: ApiRequest, deps: Dependencies, command: type[Deposit] |
     """A deposit or a withdrawal: ``{"amount": ...}`` on ``/accounts/{id}/...`` -> 200 with the new balance."""
     account_id = path_account_id(request)
     (amount,) = body_fields(request, deps.settings, "amount")
-    result = deps.service.execute(account_id, command(parse_amount(amount)), command_context(request, deps.settings))
+    decided, context = command(parse_amount(amount)), command_context(request, deps.settings)
+    result = deps.service.execute(account_id, decided, context)  # only now, with the request valid
     return json_response(200, movement_body(result), command_headers(result))

@@ -37,6 +37,9 @@ class Settings:
     #: Further cluster seed nodes beside REDIS_URL's host, so the client can start while one node is down.
     redis_cluster_nodes: tuple[tuple[str, int], ...] = ()
     redis_timeout_seconds: float = 2.0
+    #: One kept connection per process instead of a pool checkout per command: right when a process serves
+    #: one request at a time (Lambda, gunicorn sync workers); turn it off for threaded workers.
+    redis_single_connection: bool = True
     key_prefix: str = "ledger"
     partitions: int = 16
     idempotency_ttl_seconds: int = 86_400
@@ -48,7 +51,7 @@ class Settings:
     #: A command's whole time budget, resolving a lost reply included; past it, 503 outcome-unknown.
     command_deadline_seconds: float = 8.0
     command_max_attempts: int = 10
-    snapshot_interval: int = 20
+    snapshot_interval: int = 10
     max_body_bytes: int = 16_384
     log_level: str = "INFO"
 
@@ -213,6 +216,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         redis_cluster_nodes=_cluster_nodes(env, cluster),
         redis_timeout_seconds=_number(env, "REDIS_TIMEOUT_SECONDS", defaults.redis_timeout_seconds, float,
                                       0.05, 60.0),
+        redis_single_connection=_flag(env, "REDIS_SINGLE_CONNECTION", defaults.redis_single_connection),
         key_prefix=_key_prefix(env, defaults.key_prefix),
         partitions=_number(env, "LEDGER_PARTITIONS", defaults.partitions, int, 1, 16_384),
         idempotency_ttl_seconds=_number(env, "IDEMPOTENCY_TTL_SECONDS", defaults.idempotency_ttl_seconds,

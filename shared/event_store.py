@@ -9,30 +9,27 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from shared.account import Account
 from shared.events import NewEvent, RecordedEvent
 
 
-@dataclass(frozen=True, slots=True)
-class IdempotencyRecord:
+class IdempotencyRecord(NamedTuple):
     """What a first request with an idempotency key produced, as the service serialised it."""
 
     fingerprint: str
     result: str
 
 
-@dataclass(frozen=True, slots=True)
-class IdempotencyWrite:
+class IdempotencyWrite(NamedTuple):
     """An idempotency key to record atomically with the events it produced."""
 
     key: str
     record: IdempotencyRecord
 
 
-@dataclass(frozen=True, slots=True)
-class Loaded:
+class Loaded(NamedTuple):
     """What a command needs: the latest snapshot (if any) and the events after it."""
 
     events: list[RecordedEvent]

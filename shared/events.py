@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import orjson
@@ -15,8 +14,7 @@ SCHEMA_VERSION = 1
 EventData = dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class Metadata:
+class Metadata(NamedTuple):
     correlation_id: str
     causation_id: str
     idempotency_key: str | None = None
@@ -28,8 +26,7 @@ class Metadata:
         return orjson.dumps(body)
 
 
-@dataclass(frozen=True, slots=True)
-class NewEvent:
+class NewEvent(NamedTuple):
     """An event decided but not yet stored; the store assigns its version."""
 
     type: str

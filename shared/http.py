@@ -11,13 +11,14 @@ import binascii
 import json
 import logging
 import time
-import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
+
+import orjson
 
 from shared import errors
+from shared.clock import new_id
 from shared.errors import LedgerError
 
 log = logging.getLogger("ledgerstream.http")
@@ -57,8 +58,10 @@ def status_of(error: LedgerError) -> int:
     return 500
 
 
-@dataclass(frozen=True)
-class ApiRequest:
+_NO_REPEATS: frozenset[str] = frozenset()
+
+
+class ApiRequest(NamedTuple):
     method: str
     path: str
     headers: Mapping[str, str]  # lower-cased names
@@ -81,6 +84,7 @@ class ApiRequest:
                 body = b"\x00"  # not base64: let body parsing report it as malformed
         else:
             body = raw_body.encode("utf-8", "surrogatepass")
+        multi_query = event.get("multiValueQueryStringParameters")
         return cls(
             method=str(event.get("httpMethod") or "GET").upper(),
             path=str(event.get("path") or "/"),
@@ -88,9 +92,9 @@ class ApiRequest:
             path_parameters={str(k): str(v) for k, v in (event.get("pathParameters") or {}).items()},
             query={str(k): str(v) for k, v in (event.get("queryStringParameters") or {}).items()},
             body=body,
-            request_id=str(context.get("requestId") or uuid.uuid4()),
-            query_repeats=frozenset(str(k) for k, v in (event.get("multiValueQueryStringParameters") or {}).items()
-                                    if isinstance(v, list) and len(v) > 1),
+            request_id=str(context.get("requestId") or new_id()),
+            query_repeats=frozenset(str(k) for k, v in multi_query.items() if isinstance(v, list) and len(v) > 1)
+            if multi_query else _NO_REPEATS,
         )
 
     def header(self, name: str) -> str | None:
@@ -109,8 +113,7 @@ class ApiRequest:
         if self.body.startswith(_UTF8_BOM):
             raise errors.MalformedJson("request body starts with a byte order mark; send plain UTF-8 (RFC 8259 8.1)")
         try:
-            parsed = json.loads(self.body, parse_float=Decimal, parse_constant=_reject_constant,
-                                object_pairs_hook=_unique_keys)
+            parsed = _DECODER.decode(self.body.decode("utf-8"))
         except _DuplicateKey as exc:
             raise errors.DuplicateKey(f"the key {exc.args[0][:80]!r} appears more than once in one object; "
                                       "send each key once (RFC 8259 4)") from None
@@ -161,6 +164,10 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+#: One decoder for every body (json.loads with options would build a new one per call).
+_DECODER = json.JSONDecoder(parse_float=Decimal, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+
+
 def _short(exc: Exception) -> str:
     return str(exc).splitlines()[0][:120]
 
@@ -173,7 +180,7 @@ def json_response(status: int, body: object, headers: Mapping[str, str] | None =
     return {
         "statusCode": status,
         "headers": {"Content-Type": JSON_TYPE, **(headers or {})},
-        "body": json.dumps(body, separators=(",", ":")),
+        "body": orjson.dumps(body).decode(),
         "isBase64Encoded": False,
     }
 
@@ -205,7 +212,7 @@ def problem_response(error: LedgerError, request: ApiRequest | None = None, path
         headers["X-Request-Id"] = request_id
     if status == 503:
         headers["Retry-After"] = RETRY_AFTER_SECONDS
-    return {"statusCode": status, "headers": headers, "body": json.dumps(body, separators=(",", ":")),
+    return {"statusCode": status, "headers": headers, "body": orjson.dumps(body).decode(),
             "isBase64Encoded": False}
 
 

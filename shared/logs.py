@@ -1,17 +1,27 @@
-"""Structured logs: one JSON object per line, with the fields a log pipeline can index."""
+"""Structured logs: one JSON object per line, with the fields a log pipeline can index.
+
+Formatting runs once per request on the hot path, so it uses orjson and formats each second's timestamp
+once (the milliseconds are added to it).
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
-from datetime import UTC, datetime
+
+import orjson
+
+from shared.clock import SecondFormat
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = SecondFormat("%Y-%m-%dT%H:%M:%S")
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "time": self._time(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -21,11 +31,21 @@ class JsonFormatter(logging.Formatter):
             entry.update(fields)
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return orjson.dumps(entry, default=str).decode()
+
+    def _time(self, created: float) -> str:
+        second = int(created)
+        return f"{self._second(second)}.{int((created - second) * 1000):03d}+00:00"
 
 
 def configure(level: str) -> None:
     """Send JSON lines to stderr. Idempotent, so every entry point may call it at start-up."""
+    # The JSON lines show none of the caller, thread or process details, so they are not collected: the
+    # logging documentation's own advice ("Optimization"), and a walk up the stack less per line.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     root = logging.getLogger()
     if any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
         root.setLevel(level)

@@ -35,7 +35,13 @@ from shared.event_store import (
 )
 from shared.events import NewEvent, RecordedEvent
 from shared.keys import KeySpace
-from shared.redis_client import UNAVAILABLE_ERRORS, is_cluster, sending_scripts, unavailable_as_store_error
+from shared.redis_client import (
+    UNAVAILABLE_ERRORS,
+    ScriptRunner,
+    SendingScripts,
+    is_cluster,
+    unavailable_as_store_error,
+)
 from shared.stream_codec import ITEMS_PER_EVENT, decode_entries, encode
 
 
@@ -63,20 +69,24 @@ class RedisEventStore:
         self._ttl = idempotency_ttl_seconds
         self._wait_replicas = wait_replicas
         self._wait_timeout_ms = wait_timeout_ms
-        self._append = client.register_script(APPEND_LUA)
-        self._load = client.register_script(LOAD_LUA)
-        self._read = client.register_script(READ_LUA)
+        self._run = ScriptRunner(client)
+        self._append = self._run.register(APPEND_LUA)
+        self._load = self._run.register(LOAD_LUA)
+        self._read = self._run.register(READ_LUA)
 
     @property
     def keys(self) -> KeySpace:
         return self._keys
 
     def load(self, account_id: str, idempotency_key: str | None = None) -> Loaded:
-        keys = [self._keys.stream(account_id), self._keys.snapshot(account_id)]
+        tag = self._keys.tag(self._keys.partition_of(account_id))
+        keys = [f"{tag}:stream:{account_id}", f"{tag}:snapshot:{account_id}"]
         if idempotency_key is not None:
-            keys.append(self._keys.idempotency(account_id, idempotency_key))
-        with unavailable_as_store_error():
-            state, entries, record = self._load(keys=keys)
+            keys.append(f"{tag}:idem:{account_id}:{idempotency_key}")
+        try:
+            state, entries, record = self._run(self._load, keys, [])
+        except UNAVAILABLE_ERRORS as exc:
+            raise StoreUnavailable(f"Redis is unavailable: {type(exc).__name__}") from exc
         snapshot = None if state is None else _snapshot_from(account_id, state)
         idempotency = None
         if record and record[0] is not None:
@@ -84,8 +94,10 @@ class RedisEventStore:
         return Loaded(decode_entries(entries), idempotency, snapshot)
 
     def read(self, account_id: str, after_version: int = 0, limit: int | None = None) -> list[RecordedEvent]:
-        with unavailable_as_store_error():
-            entries = self._read(keys=[self._keys.stream(account_id)], args=[after_version + 1, limit or 0])
+        try:
+            entries = self._run(self._read, [self._keys.stream(account_id)], [after_version + 1, limit or 0])
+        except UNAVAILABLE_ERRORS as exc:
+            raise StoreUnavailable(f"Redis is unavailable: {type(exc).__name__}") from exc
         return decode_entries(entries)
 
     def append(self, account_id: str, expected_version: int, events: Sequence[NewEvent],
@@ -94,9 +106,9 @@ class RedisEventStore:
                                       snapshot)
         if self._wait_replicas:
             return self._append_and_wait(keys, args)
-        with sending_scripts() as sent:
+        with SendingScripts() as sent:
             try:
-                reply = self._append(keys=keys, args=args)
+                reply = self._run(self._append, keys, args)
             except UNAVAILABLE_ERRORS as exc:
                 if sent():  # it left for Redis: applied or not, in flight or not, only a later read can tell
                     raise AppendUnknown(f"no reply to an append to {account_id}: {type(exc).__name__}") from exc

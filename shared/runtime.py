@@ -49,14 +49,18 @@ def redis_client() -> redis.Redis:
 
 
 @cache
-def dependencies() -> Dependencies:
+def service() -> AccountService:
     config = settings()
     store = RedisEventStore(redis_client(), keys(), config.idempotency_ttl_seconds, config.redis_wait_replicas,
                             config.redis_wait_timeout_ms)
-    service = AccountService(store, max_attempts=config.command_max_attempts,
-                             snapshot_interval=config.snapshot_interval,
-                             deadline_seconds=config.command_deadline_seconds)
-    return Dependencies(service, config)
+    return AccountService(store, max_attempts=config.command_max_attempts,
+                          snapshot_interval=config.snapshot_interval,
+                          deadline_seconds=config.command_deadline_seconds)
+
+
+@cache
+def dependencies() -> Dependencies:
+    return Dependencies(settings(), service)
 
 
 def reset() -> None:
@@ -64,6 +68,7 @@ def reset() -> None:
     settings.cache_clear()
     keys.cache_clear()
     redis_client.cache_clear()
+    service.cache_clear()
     dependencies.cache_clear()
 
 

@@ -10,15 +10,14 @@ from __future__ import annotations
 import hashlib
 import random
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from typing import NamedTuple
 
 import orjson
 
 from shared import account
 from shared.account import Account, Command, DomainEvent
+from shared.clock import new_id, utc_now
 from shared.errors import AccountNotFound, IdempotencyKeyReused, OutcomeUnknown, StoreUnavailable, VersionConflict
 from shared.event_store import (
     Appended,
@@ -35,8 +34,7 @@ from shared.events import Metadata, NewEvent, RecordedEvent
 from shared.preconditions import IfMatch
 
 
-@dataclass(frozen=True, slots=True)
-class CommandContext:
+class CommandContext(NamedTuple):
     """Where a command came from, and the client's conditions on it."""
 
     request_id: str
@@ -45,8 +43,7 @@ class CommandContext:
     if_match: IfMatch | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class CommandResult:
+class CommandResult(NamedTuple):
     """The outcome of a command: the account after it, and the money it moved (None when it moved none)."""
 
     account_id: str
@@ -65,17 +62,13 @@ class CommandResult:
         return cls(raw["account_id"], raw["balance"], raw["version"], raw["amount"] or None, replayed=True)
 
 
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
 class AccountService:
     def __init__(self, store: EventStore, *, max_attempts: int = 10, snapshot_interval: int = 0,
                  deadline_seconds: float = 8.0,
                  clock: Callable[[], str] = utc_now,
                  sleep: Callable[[float], None] = time.sleep,
                  monotonic: Callable[[], float] = time.monotonic,
-                 new_id: Callable[[], str] = lambda: str(uuid.uuid4())) -> None:
+                 new_id: Callable[[], str] = new_id) -> None:
         self._store = store
         self._max_attempts = max_attempts
         self._deadline = deadline_seconds

@@ -14,7 +14,8 @@ from shared.representations import command_headers, created_body
 def handle(request: ApiRequest, deps: Dependencies) -> ProxyResponse:
     (raw_id,) = api.body_fields(request, deps.settings, "id")
     account_id = validation.account_id(raw_id)
-    result = deps.service.execute(account_id, OpenAccount(), api.command_context(request, deps.settings))
+    context = api.command_context(request, deps.settings)
+    result = deps.service.execute(account_id, OpenAccount(), context)
     headers = {**command_headers(result), "Location": f"/accounts/{account_id}"}
     return json_response(201, created_body(result), headers)
 

@@ -11,7 +11,8 @@ from shared.representations import account_body, etag
 
 
 def handle(request: ApiRequest, deps: Dependencies) -> ProxyResponse:
-    account = deps.service.get(api.path_account_id(request))
+    account_id = api.path_account_id(request)
+    account = deps.service.get(account_id)
     return json_response(200, account_body(account), etag(account.version))
 
 

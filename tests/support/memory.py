@@ -10,4 +10,4 @@ from tests.fakes import InMemoryEventStore
 
 def memory_dependencies(store: InMemoryEventStore | None = None, settings: Settings | None = None) -> Dependencies:
     service = AccountService(store or InMemoryEventStore(), snapshot_interval=4, sleep=lambda _: None)
-    return Dependencies(service, settings or Settings())
+    return Dependencies(settings or Settings(), lambda: service)

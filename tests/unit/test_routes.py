@@ -19,6 +19,7 @@ from shared.errors import StoreUnavailable
 from shared.event_store import AppendOutcome, IdempotencyWrite, Loaded
 from shared.events import NewEvent
 from shared.http import STATUS_BY_ERROR
+from shared.service import AccountService
 from tests.fakes import InMemoryEventStore
 from tests.support.apigw import Api, body_of
 from tests.support.events import new_event
@@ -209,3 +210,18 @@ def test_every_problem_carries_the_request_id(api: Api) -> None:
         problem = body_of(response)
         assert problem["request_id"] == response["headers"]["X-Request-Id"]
         assert problem["instance"]
+
+
+def test_a_bad_request_gets_its_400_even_while_redis_is_unreachable() -> None:
+    def unreachable() -> AccountService:
+        raise StoreUnavailable("Redis is unavailable: ConnectionError")
+
+    api = Api(lambda: Dependencies(Settings(), unreachable))
+    for route, account_id, body, options in (
+            ("deposit", "bob", {"amount": -1}, {}), ("withdraw", "bob", {"amount": "1.005"}, {}),
+            ("create_account", None, {"id": "a b"}, {}), ("create_account", None, {"id": "ok"},
+                                                            {"headers": {"If-Match": "yesterday"}}),
+            ("list_events", "bob", None, {"query": {"limit": "0"}}), ("get_account", "{x}", None, {})):
+        response = api.call(route, account_id, body, **options)
+        assert response["statusCode"] == 400, (route, response["body"])
+    assert api.call("get_account", "bob")["statusCode"] == 503

@@ -1,0 +1,50 @@
+"""Ids and timestamps, cheap: every request makes two ids and two timestamps, and the formatting, not the
+clock, is what costs (``uuid4()`` and ``strftime``/``isoformat`` were a measurable share of a request).
+
+``new_id`` makes a UUID version 4 string from the process's random generator: unique (122 random bits,
+reseeded in every forked worker by Python itself), not secret, which is all an event or request id needs.
+Timestamps reuse the formatted second and add the fraction.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+_VERSION_4 = (0x4 << 76) | (0x2 << 62)
+_VERSION_MASK = ~((0xF << 76) | (0x3 << 62))
+
+
+def new_id() -> str:
+    bits = f"{random.getrandbits(128) & _VERSION_MASK | _VERSION_4:032x}"
+    return f"{bits[:8]}-{bits[8:12]}-{bits[12:16]}-{bits[16:20]}-{bits[20:]}"
+
+
+class SecondFormat:
+    """``time.strftime`` of a UTC second, formatted once per second."""
+
+    def __init__(self, pattern: str) -> None:
+        self._pattern = pattern
+        self._second = -1
+        self._text = ""
+
+    def __call__(self, second: int) -> str:
+        if second != self._second:
+            self._second, self._text = second, time.strftime(self._pattern, time.gmtime(second))
+        return self._text
+
+
+_ISO_SECOND = SecondFormat("%Y-%m-%dT%H:%M:%S")
+_APIGW_SECOND = SecondFormat("%d/%b/%Y:%H:%M:%S +0000")
+
+
+def utc_now(now: float | None = None) -> str:
+    """ISO 8601 in UTC with microseconds, like 2026-11-28T22:18:57.141502Z."""
+    now = time.time() if now is None else now
+    second = int(now)
+    return f"{_ISO_SECOND(second)}.{int((now - second) * 1_000_000):06d}Z"
+
+
+def request_time(now: float) -> str:
+    """API Gateway's requestTime, like 28/Nov/2026:22:18:57 +0000."""
+    return _APIGW_SECOND(int(now))
