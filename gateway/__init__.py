@@ -34,7 +34,6 @@ def create_app(dependencies: Callable[[], Dependencies] = runtime.dependencies,
     app.add_url_rule("/readyz", "readyz", lambda: _readyz(readiness))
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unhandled)
-    app.after_request(_with_request_id)
     return app
 
 
@@ -51,16 +50,17 @@ def _register(app: Flask, route: GatewayRoute, dependencies: Callable[[], Depend
 
 def _healthz() -> Response:
     """Liveness: the process serves HTTP. Deliberately independent of Redis."""
-    return to_response(json_response(200, {"status": "ok"}))
+    return to_response(json_response(200, {"status": "ok"}, {"X-Request-Id": new_request_id()}))
 
 
 def _readyz(readiness: Callable[[], None]) -> Response:
     """Readiness: Redis answers, so requests can succeed."""
+    request_id = new_request_id()
     try:
         readiness()
     except errors.StoreUnavailable as exc:
-        return to_response(problem_response(exc))
-    return to_response(json_response(200, {"status": "ready"}))
+        return to_response(problem_response(exc, path="/readyz", request_id=request_id))
+    return to_response(json_response(200, {"status": "ready"}, {"X-Request-Id": request_id}))
 
 
 def _http_error(exc: HTTPException) -> Response:
@@ -96,9 +96,3 @@ def _unhandled(exc: Exception) -> Response:
     response.status_code = 500
     return response
 
-
-def _with_request_id(response: Response) -> Response:
-    """Every answer carries a request id, the health endpoints' included."""
-    if "X-Request-Id" not in response.headers:
-        response.headers["X-Request-Id"] = new_request_id()
-    return response

@@ -64,21 +64,24 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             pytest.fail("CI=true and nginx is not installed (apt-get install nginx)")
         pytest.skip("nginx is not installed (apt-get install nginx)")
     redis_server = RedisProcess().start()
-    app_port, health_port, nginx_port = free_port(), free_port(), free_port()
-    env = {**os.environ, "REDIS_URL": redis_server.url, "LEDGER_KEY_PREFIX": f"p{uuid.uuid4().hex[:6]}",
-           "LOG_LEVEL": "WARNING", "GUNICORN_BIND": f"127.0.0.1:{app_port}", "WEB_CONCURRENCY": "2",
-           "GATEWAY_HEALTH_BIND": f"127.0.0.1:{health_port}", "TRUST_PROXY_REQUEST_ID": "true",
-           "REDIS_TIMEOUT_SECONDS": "1", "COMMAND_DEADLINE_SECONDS": "3"}
-    gunicorn = subprocess.Popen([sys.executable, "-m", "gunicorn", "--config", "gateway/gunicorn.conf.py",
-                                 "gateway:create_app()"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-    prefix = tmp_path_factory.mktemp("nginx")
-    (prefix / "logs").mkdir()
-    (prefix / "ledgerstream.conf").write_text(render(TEMPLATE, {
-        "NGINX_PORT": f"127.0.0.1:{nginx_port}", "GATEWAY_UPSTREAM": f"127.0.0.1:{app_port}",
-        "GATEWAY_HEALTH_UPSTREAM": f"127.0.0.1:{health_port}"}))
-    # The image's own nginx.conf, reduced to what a test run needs; the server block is the shipped file.
-    (prefix / "nginx.conf").write_text(f"""
+    gunicorn: subprocess.Popen[bytes] | None = None
+    proxy = None
+    try:
+        app_port, health_port, nginx_port = free_port(), free_port(), free_port()
+        env = {**os.environ, "REDIS_URL": redis_server.url, "LEDGER_KEY_PREFIX": f"p{uuid.uuid4().hex[:6]}",
+               "LOG_LEVEL": "WARNING", "GUNICORN_BIND": f"127.0.0.1:{app_port}", "WEB_CONCURRENCY": "2",
+               "GATEWAY_HEALTH_BIND": f"127.0.0.1:{health_port}", "TRUST_PROXY_REQUEST_ID": "true",
+               "REDIS_TIMEOUT_SECONDS": "1", "COMMAND_DEADLINE_SECONDS": "3"}
+        gunicorn = subprocess.Popen([sys.executable, "-m", "gunicorn", "--config", "gateway/gunicorn.conf.py",
+                                     "gateway:create_app()"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+        prefix = tmp_path_factory.mktemp("nginx")
+        (prefix / "logs").mkdir()
+        (prefix / "ledgerstream.conf").write_text(render(TEMPLATE, {
+            "NGINX_PORT": f"127.0.0.1:{nginx_port}", "GATEWAY_UPSTREAM": f"127.0.0.1:{app_port}",
+            "GATEWAY_HEALTH_UPSTREAM": f"127.0.0.1:{health_port}"}))
+        # The image's own nginx.conf, reduced to what a test run needs; the server block is the shipped file.
+        (prefix / "nginx.conf").write_text(f"""
 worker_processes 1;
 error_log {prefix}/logs/error.log warn;
 pid {prefix}/nginx.pid;
@@ -89,8 +92,6 @@ http {{
     include {prefix}/ledgerstream.conf;
 }}
 """)
-    proxy = None
-    try:
         wait_until(lambda: _answers(f"http://127.0.0.1:{health_port}/healthz"), 30, "gunicorn and its health process")
         proxy = spawn([nginx, "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-g", "daemon off;"],
                       lambda: _answers(f"http://127.0.0.1:{nginx_port}/healthz"), 20, "nginx")
@@ -98,8 +99,9 @@ http {{
                     f"http://127.0.0.1:{health_port}", redis_server)
     finally:
         terminate(proxy)
-        gunicorn.send_signal(signal.SIGTERM)
-        gunicorn.wait(20)
+        if gunicorn is not None:
+            gunicorn.send_signal(signal.SIGTERM)
+            gunicorn.wait(20)
         redis_server.stop()
 
 
