@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +11,8 @@ import pytest
 import yaml
 from openapi_spec_validator import validate
 
-from devstack.redis_server import free_port
 from gateway.routes import ROUTES
+from tests.support.gateway import live_gateway
 from tests.support.targets import RedisTarget
 from tests.support.tools import tool
 
@@ -51,34 +49,11 @@ def test_schemathesis_against_the_live_gateway(redis_target: RedisTarget, key_pr
     st = tool("st") or tool("schemathesis")
     if st is None:
         pytest.fail("schemathesis is not installed; it is part of the dev extra")
-    port = free_port()
-    env = {**os.environ, **redis_target.env(), "LEDGER_KEY_PREFIX": key_prefix, "LOG_LEVEL": "WARNING",
-           "GUNICORN_BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": "2"}
-    server = subprocess.Popen([sys.executable, "-m", "gunicorn", "--config", "gateway/gunicorn.conf.py",
-                               "gateway:create_app()"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    try:
-        _wait_for(f"http://127.0.0.1:{port}/healthz")
+    settings = {**redis_target.env(), "LEDGER_KEY_PREFIX": key_prefix}
+    with live_gateway(settings) as base:
         result = subprocess.run(
-            [st, "run", "openapi.yaml", "--url", f"http://127.0.0.1:{port}", "--checks", "all",
+            [st, "run", "openapi.yaml", "--url", base, "--checks", "all",
              "--max-examples", "25", "--seed", "1", "--request-timeout", "10"],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
-        assert result.returncode == 0, result.stdout[-5000:]
-        assert " passed" in result.stdout
-    finally:
-        server.terminate()
-        server.wait(10)
-
-
-def _wait_for(url: str, timeout: float = 20) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+            cwd=ROOT, env={**os.environ, **settings}, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stdout[-5000:]
+    assert " passed" in result.stdout

@@ -8,14 +8,13 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,9 +22,9 @@ import pytest
 
 from devstack.process import spawn, terminate
 from devstack.redis_server import RedisProcess, free_port
+from tests.support.gateway import ROOT, live_gateway
 from tests.support.waiting import wait_until
 
-ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "deploy" / "nginx" / "ledgerstream.conf.template"
 
 
@@ -63,22 +62,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
             pytest.fail("CI=true and nginx is not installed (apt-get install nginx)")
         pytest.skip("nginx is not installed (apt-get install nginx)")
-    redis_server = RedisProcess().start()
-    gunicorn: subprocess.Popen[bytes] | None = None
-    proxy = None
-    try:
-        app_port, health_port, nginx_port = free_port(), free_port(), free_port()
-        env = {**os.environ, "REDIS_URL": redis_server.url, "LEDGER_KEY_PREFIX": f"p{uuid.uuid4().hex[:6]}",
-               "LOG_LEVEL": "WARNING", "GUNICORN_BIND": f"127.0.0.1:{app_port}", "WEB_CONCURRENCY": "2",
-               "GATEWAY_HEALTH_BIND": f"127.0.0.1:{health_port}", "TRUST_PROXY_REQUEST_ID": "true",
-               "REDIS_TIMEOUT_SECONDS": "1", "COMMAND_DEADLINE_SECONDS": "3"}
-        gunicorn = subprocess.Popen([sys.executable, "-m", "gunicorn", "--config", "gateway/gunicorn.conf.py",
-                                     "gateway:create_app()"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL)
+    with ExitStack() as running:
+        redis_server = RedisProcess().start()
+        running.callback(redis_server.stop)
+        health_port, nginx_port = free_port(), free_port()
+        gunicorn_url = running.enter_context(live_gateway({
+            "REDIS_URL": redis_server.url, "LEDGER_KEY_PREFIX": f"p{uuid.uuid4().hex[:6]}",
+            "GATEWAY_HEALTH_BIND": f"127.0.0.1:{health_port}", "TRUST_PROXY_REQUEST_ID": "true",
+            "REDIS_TIMEOUT_SECONDS": "1", "COMMAND_DEADLINE_SECONDS": "3"}))
         prefix = tmp_path_factory.mktemp("nginx")
         (prefix / "logs").mkdir()
         (prefix / "ledgerstream.conf").write_text(render(TEMPLATE, {
-            "NGINX_PORT": f"127.0.0.1:{nginx_port}", "GATEWAY_UPSTREAM": f"127.0.0.1:{app_port}",
+            "NGINX_PORT": f"127.0.0.1:{nginx_port}", "GATEWAY_UPSTREAM": gunicorn_url.removeprefix("http://"),
             "GATEWAY_HEALTH_UPSTREAM": f"127.0.0.1:{health_port}"}))
         # The image's own nginx.conf, reduced to what a test run needs; the server block is the shipped file.
         (prefix / "nginx.conf").write_text(f"""
@@ -92,17 +87,11 @@ http {{
     include {prefix}/ledgerstream.conf;
 }}
 """)
-        wait_until(lambda: _answers(f"http://127.0.0.1:{health_port}/healthz"), 30, "gunicorn and its health process")
+        wait_until(lambda: _answers(f"http://127.0.0.1:{health_port}/healthz"), 30, "the gateway's health process")
         proxy = spawn([nginx, "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-g", "daemon off;"],
                       lambda: _answers(f"http://127.0.0.1:{nginx_port}/healthz"), 20, "nginx")
-        yield Stack(f"http://127.0.0.1:{nginx_port}", f"http://127.0.0.1:{app_port}",
-                    f"http://127.0.0.1:{health_port}", redis_server)
-    finally:
-        terminate(proxy)
-        if gunicorn is not None:
-            gunicorn.send_signal(signal.SIGTERM)
-            gunicorn.wait(20)
-        redis_server.stop()
+        running.callback(terminate, proxy)
+        yield Stack(f"http://127.0.0.1:{nginx_port}", gunicorn_url, f"http://127.0.0.1:{health_port}", redis_server)
 
 
 def _request(url: str, method: str = "GET", body: object = None, headers: dict[str, str] | None = None,
