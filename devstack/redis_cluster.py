@@ -14,6 +14,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -162,6 +163,23 @@ class LocalCluster:
     def wait_ok(self, timeout: float = 30.0) -> None:
         """Until every running node reports cluster_state:ok (after a restart, say)."""
         self._wait_ok(time.monotonic() + timeout)
+
+    def describe(self, log_lines: int = 15) -> str:
+        """What each node thinks of the cluster, and the end of its log: for a test that times out waiting."""
+        parts = []
+        for node in self.nodes:
+            if node.process is None:
+                parts.append(f"{node.address}: not running")
+                continue
+            try:
+                client: Any = node.client(0.5)
+                view = client.execute_command("CLUSTER", "NODES").decode()  # the raw text, not redis-py's dict
+            except redis.RedisError as exc:
+                view = f"(no answer: {exc})"
+            log = node.directory / "redis.log"
+            tail = log.read_text(errors="replace").splitlines()[-log_lines:] if log.exists() else []
+            parts.append(f"{node.address} sees:\n{view}\n  log:\n  " + "\n  ".join(tail))
+        return "\n".join(parts)
 
     def node_at(self, address: str) -> ClusterNodeProcess:
         return next(node for node in self.nodes if node.address == address)

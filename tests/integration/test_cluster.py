@@ -156,8 +156,12 @@ def test_failover_under_load_loses_no_acknowledged_write() -> None:
                 wait_until(lambda: sum(o.status == 200 for o in outcomes) >= 100, 30, "load before the crash")
                 killed_at = time.monotonic()
                 cluster.kill(primary)
-                wait_until(lambda: any(o.status == 200 and o.account_id in on_primary and o.at > killed_at + 0.5
-                                       for o in outcomes), 60, "writes to the failed master's slots after promotion")
+                try:
+                    wait_until(lambda: any(o.status == 200 and o.account_id in on_primary and o.at > killed_at + 0.5
+                                           for o in outcomes), 60, "writes to the failed master's slots again")
+                except AssertionError as exc:
+                    raise AssertionError(f"{exc}\n{cluster.describe()}\nclient's slot owner now: "
+                                         f"{client.get_node_from_key(keys.stream(on_primary[0])).name}") from None
                 recovered = time.monotonic()
                 wait_until(lambda: sum(o.at > recovered and o.status == 200 for o in outcomes) >= 100, 30,
                            "load after the failover")
