@@ -1,6 +1,6 @@
 """``python -m bench [name ...]``: run the benchmarks (all by default) and print a results table.
 
-Names: handler, http, store-size, history, append, cold-start, projector, takeover, lag, durability.
+Names: handler, http, store-size, history, append, cold-start, projector, takeover, lag, durability, scale-out.
 Each figure is printed next to the limit it is compared with, measured in the same run, and each run ends
 with a correctness check.
 """
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from bench import common, durability, http_load, inprocess, projector_load
+from bench import common, durability, http_load, inprocess, projector_load, scale_out
 
 BENCHMARKS: dict[str, Callable[[], Any]] = {
     "handler": inprocess.handler_cost,
@@ -29,6 +29,7 @@ BENCHMARKS: dict[str, Callable[[], Any]] = {
     "takeover": projector_load.takeover,
     "lag": projector_load.end_to_end_lag,
     "durability": durability.durability_costs,
+    "scale-out": scale_out.scale_out,
 }
 
 
