@@ -19,8 +19,7 @@ COPY gateway/gunicorn.conf.py /etc/ledgerstream/gunicorn.conf.py
 ENV PATH=/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     GUNICORN_BIND=0.0.0.0:8080 \
-    GATEWAY_HEALTH_BIND=0.0.0.0:8082 \
-    WEB_CONCURRENCY=4
+    GATEWAY_HEALTH_BIND=0.0.0.0:8082
 USER 10001
 # 8080: gunicorn, meant to sit behind the proxy (deploy/nginx); 8082: the probes, answered while workers are busy.
 EXPOSE 8080 8082

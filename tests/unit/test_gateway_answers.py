@@ -91,3 +91,11 @@ def test_gunicorn_refuses_a_bad_setting_in_one_line() -> None:
                              capture_output=True, text=True, check=False, timeout=60)
     assert started.returncode != 0
     assert "WEB_CONCURRENCY must be" in started.stderr + started.stdout
+
+
+def test_the_worker_count_defaults_to_the_usable_cores_plus_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert load_gateway_settings({}).workers == 4
+    assert load_gateway_settings({"WEB_CONCURRENCY": "7"}).workers == 7
