@@ -14,7 +14,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from devstack.redis_server import free_port
 from shared import account
 from shared.keys import KeySpace
 from shared.stream_codec import decode_entries
+from tests.support.gateway import answers
 from tests.support.readmodel import assert_read_model_matches, drain, make_projector, settings
 
 ACCOUNTS = 100
@@ -97,14 +97,9 @@ def _redis_cpu(client: redis.Redis) -> float:
 
 def _answers(port: int, app: str) -> bool:
     """gunicorn serves: GET /healthz for ours, POST /noop for the no-op app."""
-    noop = "noop" in app
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{'/noop' if noop else '/healthz'}",
-                                     data=b"{}" if noop else None, method="POST" if noop else "GET")
-    try:
-        with urllib.request.urlopen(request, timeout=1):
-            return True
-    except OSError:
-        return False
+    if "noop" in app:
+        return answers(f"http://127.0.0.1:{port}/noop", b"{}")
+    return answers(f"http://127.0.0.1:{port}/healthz")
 
 
 @contextmanager

@@ -15,9 +15,11 @@ from devstack.redis_server import free_port
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def answers(url: str) -> bool:
+def answers(url: str, post: bytes | None = None) -> bool:
+    """The URL answers 2xx or 3xx (a GET, or a POST of ``post``)."""
+    request = urllib.request.Request(url, data=post, method="GET" if post is None else "POST")
     try:
-        with urllib.request.urlopen(url, timeout=1):
+        with urllib.request.urlopen(request, timeout=1):
             return True
     except OSError:
         return False
