@@ -181,6 +181,18 @@ class ScriptRunner:
     def register(self, source: str) -> Any:
         return self._client.register_script(source)
 
+    def raw(self, *args: Any) -> Any:
+        """A plain command whose reply the caller decodes. On the kept connection the reply comes as Redis
+        sent it (redis-py's response callbacks run in the client, not the connection): a stream range stays
+        a flat list instead of becoming a dict per entry. Through the client it may be reshaped."""
+        connection = self._kept
+        if connection is None:
+            client: Any = self._client
+            return client.execute_command(*args)
+        with self._lock:
+            return connection.retry.call_with_retry(lambda: _raw(connection, args),
+                                                    lambda error: connection.disconnect())
+
     def __call__(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         connection = self._kept
         if connection is None:
@@ -188,6 +200,11 @@ class ScriptRunner:
         with self._lock:
             return connection.retry.call_with_retry(lambda: _evalsha(connection, script, keys, args),
                                                     lambda error: connection.disconnect())
+
+
+def _raw(connection: Any, args: tuple[Any, ...]) -> Any:
+    connection.send_command(*args)
+    return connection.read_response()
 
 
 def _evalsha(connection: Any, script: Any, keys: list[str], args: list[Any]) -> Any:

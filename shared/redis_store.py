@@ -1,13 +1,13 @@
 """``RedisEventStore``: the event store on Redis Streams, the only write-side code that talks to Redis.
 
-Every operation is one server-side script (loaded once per process, called with ``EVALSHA``) over one
-account's keys, which share a hash tag, so the same calls run on a single node and on Redis Cluster:
+Every operation is one round trip over one account's keys, which share a hash tag, so the same calls run on a
+single node and on Redis Cluster. Loading and appending are server-side scripts (loaded once per process,
+called with ``EVALSHA``); reading a page of the history is a plain ``XRANGE``:
 
 * ``load.lua``: the account's snapshot, the events after it and the idempotency record, in one round trip;
 * ``append.lua``: checks the idempotency record and the expected version *before* its first write (Redis
   does not roll back a script that fails half-way), then writes the account stream, the partition log,
   the version record, the snapshot and the idempotency record;
-* ``read.lua``: one page of the history.
 """
 
 from __future__ import annotations
@@ -53,7 +53,6 @@ def _script(name: str) -> str:
 
 APPEND_LUA = _script("append.lua")
 LOAD_LUA = _script("load.lua")
-READ_LUA = _script("read.lua")
 
 AppendRequest = tuple[str, int, Sequence[NewEvent]]
 
@@ -72,7 +71,6 @@ class RedisEventStore:
         self._run = ScriptRunner(client)
         self._append = self._run.register(APPEND_LUA)
         self._load = self._run.register(LOAD_LUA)
-        self._read = self._run.register(READ_LUA)
 
     @property
     def keys(self) -> KeySpace:
@@ -95,7 +93,8 @@ class RedisEventStore:
 
     def read(self, account_id: str, after_version: int = 0, limit: int | None = None) -> list[RecordedEvent]:
         try:
-            entries = self._run(self._read, [self._keys.stream(account_id)], [after_version + 1, limit or 0])
+            count = ("COUNT", limit) if limit else ()
+            entries = self._run.raw("XRANGE", self._keys.stream(account_id), f"{after_version + 1}-0", "+", *count)
         except UNAVAILABLE_ERRORS as exc:
             raise StoreUnavailable(f"Redis is unavailable: {type(exc).__name__}") from exc
         return decode_entries(entries)
