@@ -25,6 +25,7 @@ from __future__ import annotations
 import zlib
 from binascii import crc_hqx
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 CLUSTER_SLOTS = 16384
 
@@ -54,20 +55,25 @@ class KeySpace:
     def slot(self, partition: int) -> int:
         return slot_of(self.tag(partition)[1:-1])
 
+    def account(self, account_id: str) -> AccountKeys:
+        """Every key of one account, with its partition worked out once (a request needs several)."""
+        partition = self.partition_of(account_id)
+        return AccountKeys(account_id, partition, self.tag(partition))
+
     def stream(self, account_id: str) -> str:
-        return f"{self.tag(self.partition_of(account_id))}:stream:{account_id}"
+        return self.account(account_id).stream
 
     def version(self, account_id: str) -> str:
-        return f"{self.tag(self.partition_of(account_id))}:version:{account_id}"
+        return self.account(account_id).version
 
     def snapshot(self, account_id: str) -> str:
-        return f"{self.tag(self.partition_of(account_id))}:snapshot:{account_id}"
+        return self.account(account_id).snapshot
 
     def idempotency(self, account_id: str, key: str) -> str:
-        return f"{self.tag(self.partition_of(account_id))}:idem:{account_id}:{key}"
+        return self.account(account_id).idempotency(key)
 
     def partition_log(self, partition: int) -> str:
-        return f"{self.tag(partition)}:log"
+        return _log(self.tag(partition))
 
     def partition_key(self, partition: int, name: str) -> str:
         """Another key of the partition (the projector's leases, parked entries, ...): same slot as its log."""
@@ -80,6 +86,36 @@ class KeySpace:
     def global_key(self, name: str) -> str:
         """A key that belongs to no partition (the projector's membership list)."""
         return f"{{{self.prefix}:global}}:{name}"
+
+
+class AccountKeys(NamedTuple):
+    account_id: str
+    partition: int
+    tag: str
+
+    @property
+    def stream(self) -> str:
+        return f"{self.tag}:stream:{self.account_id}"
+
+    @property
+    def version(self) -> str:
+        return f"{self.tag}:version:{self.account_id}"
+
+    @property
+    def snapshot(self) -> str:
+        return f"{self.tag}:snapshot:{self.account_id}"
+
+    @property
+    def log(self) -> str:
+        """The log of the account's partition."""
+        return _log(self.tag)
+
+    def idempotency(self, key: str) -> str:
+        return f"{self.tag}:idem:{self.account_id}:{key}"
+
+
+def _log(tag: str) -> str:
+    return f"{tag}:log"
 
 
 def _place(prefix: str, partition: int, partitions: int) -> str:

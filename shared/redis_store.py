@@ -77,10 +77,10 @@ class RedisEventStore:
         return self._keys
 
     def load(self, account_id: str, idempotency_key: str | None = None) -> Loaded:
-        tag = self._keys.tag(self._keys.partition_of(account_id))
-        keys = [f"{tag}:stream:{account_id}", f"{tag}:snapshot:{account_id}"]
+        account_keys = self._keys.account(account_id)
+        keys = [account_keys.stream, account_keys.snapshot]
         if idempotency_key is not None:
-            keys.append(f"{tag}:idem:{account_id}:{idempotency_key}")
+            keys.append(account_keys.idempotency(idempotency_key))
         try:
             state, entries, record = self._run(self._load, keys, [])
         except UNAVAILABLE_ERRORS as exc:
@@ -183,13 +183,13 @@ def append_arguments(keys: KeySpace, ttl: int, account_id: str, expected_version
     """KEYS and ARGV of ``append.lua`` for one append (its calling convention, documented in the script)."""
     if not events:
         raise ValueError("append needs at least one event")
-    script_keys = [keys.stream(account_id), keys.version(account_id), keys.partition_log(keys.partition_of(account_id)),
-                   keys.snapshot(account_id)]
+    account_keys = keys.account(account_id)
+    script_keys = [account_keys.stream, account_keys.version, account_keys.log, account_keys.snapshot]
     args: list[bytes | str | int] = [expected_version, len(events)]
     if idempotency is None:
         args += ["", "", 0]
     else:
-        script_keys.append(keys.idempotency(account_id, idempotency.key))
+        script_keys.append(account_keys.idempotency(idempotency.key))
         args += [idempotency.record.fingerprint, idempotency.record.result, ttl]
     args.append("" if snapshot is None else _snapshot_json(snapshot))
     for event in events:
