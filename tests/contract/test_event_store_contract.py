@@ -28,6 +28,7 @@ from shared.redis_store import RedisEventStore
 from shared.stream_codec import decode_entries
 from tests.fakes import InMemoryEventStore
 from tests.support.events import history, new_event
+from tests.support.targets import RedisTarget
 from tests.support.waiting import wait_until
 
 TTL_SECONDS = 1
@@ -224,6 +225,15 @@ class RedisContract(EventStoreContract):
     client: redis.Redis
 
 
+    def test_a_flushed_script_cache_is_loaded_again(self, store: EventStore) -> None:
+        """A restarted or newly promoted Redis has no scripts: the next call loads them and carries on."""
+        assert store.append("flushed", 0, [new_event("flushed", "AccountOpened")]) == Appended(1)
+        self.client.script_flush()
+        assert [e.version for e in store.load("flushed").events] == [1]
+        self.client.script_flush()
+        assert store.append("flushed", 1, [new_event("flushed")]) == Appended(2)
+
+
 class TestFakeRedisEventStore(RedisContract):
     @pytest.fixture
     def store(self) -> Iterator[EventStore]:
@@ -234,7 +244,11 @@ class TestFakeRedisEventStore(RedisContract):
 
 class TestRealRedisEventStore(RedisContract):
     @pytest.fixture
-    def store(self, redis_client: redis.Redis, keyspace: KeySpace) -> Iterator[EventStore]:
+    def store(self, redis_client: redis.Redis, redis_target: RedisTarget, keyspace: KeySpace) -> Iterator[EventStore]:
         self.client = redis_client
         self.keys = keyspace
-        yield RedisEventStore(redis_client, keyspace, TTL_SECONDS)
+        # As the service runs it: on a single node, one kept connection (the script runner's direct path).
+        store_client = redis_client if redis_target.cluster else redis_target.client(single_connection_client=True)
+        yield RedisEventStore(store_client, keyspace, TTL_SECONDS)
+        if store_client is not redis_client:
+            store_client.close()
