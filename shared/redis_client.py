@@ -185,34 +185,33 @@ class ScriptRunner:
         """A plain command whose reply the caller decodes. On the kept connection the reply comes as Redis
         sent it (redis-py's response callbacks run in the client, not the connection): a stream range stays
         a flat list instead of becoming a dict per entry. Through the client it may be reshaped."""
-        connection = self._kept
-        if connection is None:
+        if self._kept is None:
             client: Any = self._client
             return client.execute_command(*args)
-        with self._lock:
-            return connection.retry.call_with_retry(lambda: _raw(connection, args),
-                                                    lambda error: connection.disconnect())
+        return self._on_kept(lambda connection: _send(connection, args))
 
     def __call__(self, script: Any, keys: list[str], args: list[Any]) -> Any:
-        connection = self._kept
-        if connection is None:
+        if self._kept is None:
             return script(keys=keys, args=args)
+        return self._on_kept(lambda connection: _evalsha(connection, script, keys, args))
+
+    def _on_kept(self, exchange: Callable[[Any], Any]) -> Any:
+        """One exchange on the kept connection, under the client's lock and with the connection's Retry."""
+        connection = self._kept
         with self._lock:
-            return connection.retry.call_with_retry(lambda: _evalsha(connection, script, keys, args),
+            return connection.retry.call_with_retry(lambda: exchange(connection),
                                                     lambda error: connection.disconnect())
 
 
-def _raw(connection: Any, args: tuple[Any, ...]) -> Any:
+def _send(connection: Any, args: tuple[Any, ...]) -> Any:
     connection.send_command(*args)
     return connection.read_response()
 
 
 def _evalsha(connection: Any, script: Any, keys: list[str], args: list[Any]) -> Any:
-    connection.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+    call = ("EVALSHA", script.sha, len(keys), *keys, *args)
     try:
-        return connection.read_response()
+        return _send(connection, call)
     except NoScriptError:  # a restarted or newly promoted Redis has an empty script cache
-        connection.send_command("SCRIPT", "LOAD", script.script)
-        connection.read_response()
-        connection.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
-        return connection.read_response()
+        _send(connection, ("SCRIPT", "LOAD", script.script))
+        return _send(connection, call)
