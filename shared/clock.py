@@ -21,17 +21,19 @@ def new_id() -> str:
 
 
 class SecondFormat:
-    """``time.strftime`` of a UTC second, formatted once per second."""
+    """``time.strftime`` of a UTC second, formatted once per second. The second and its text are kept as one
+    tuple, so a thread never pairs a new second with the previous text."""
 
     def __init__(self, pattern: str) -> None:
         self._pattern = pattern
-        self._second = -1
-        self._text = ""
+        self._cached = (-1, "")
 
     def __call__(self, second: int) -> str:
-        if second != self._second:
-            self._second, self._text = second, time.strftime(self._pattern, time.gmtime(second))
-        return self._text
+        cached_second, text = self._cached
+        if second != cached_second:
+            text = time.strftime(self._pattern, time.gmtime(second))
+            self._cached = (second, text)
+        return text
 
 
 _ISO_SECOND = SecondFormat("%Y-%m-%dT%H:%M:%S")
@@ -43,6 +45,12 @@ def utc_now(now: float | None = None) -> str:
     now = time.time() if now is None else now
     second = int(now)
     return f"{_ISO_SECOND(second)}.{int((now - second) * 1_000_000):06d}Z"
+
+
+def utc_millis(now: float) -> str:
+    """ISO 8601 in UTC with milliseconds and an offset, like 2026-11-28T22:18:57.141+00:00 (log lines)."""
+    second = int(now)
+    return f"{_ISO_SECOND(second)}.{int((now - second) * 1000):03d}+00:00"
 
 
 def request_time(now: float) -> str:

@@ -1,7 +1,7 @@
 """Structured logs: one JSON object per line, with the fields a log pipeline can index.
 
-Formatting runs once per request on the hot path, so it uses orjson and formats each second's timestamp
-once (the milliseconds are added to it).
+Formatting runs once per request on the hot path, so it uses orjson and the clock's once-a-second
+timestamp formatting.
 """
 
 from __future__ import annotations
@@ -12,17 +12,13 @@ from typing import Any
 
 import orjson
 
-from shared.clock import SecondFormat
+from shared.clock import utc_millis
 
 
 class JsonFormatter(logging.Formatter):
-    def __init__(self) -> None:
-        super().__init__()
-        self._second = SecondFormat("%Y-%m-%dT%H:%M:%S")
-
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
-            "time": self._time(record.created),
+            "time": utc_millis(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -33,10 +29,6 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
         return orjson.dumps(entry, default=str).decode()
-
-    def _time(self, created: float) -> str:
-        second = int(created)
-        return f"{self._second(second)}.{int((created - second) * 1000):03d}+00:00"
 
 
 def configure(level: str) -> None:
