@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import socket
 import threading
 import time
@@ -24,9 +23,10 @@ import redis
 from redis.exceptions import RedisError
 
 from shared import errors
+from shared.clock import new_id
 from shared.config import load_settings
 from shared.errors import StoreUnavailable
-from shared.http import problem_response
+from shared.http import ProxyResponse, json_response, problem_response
 from shared.keys import KeySpace
 from shared.redis_client import build_client, check_ready
 
@@ -70,30 +70,30 @@ class Probes:
             return problem
 
 
+def answer(path: str, probes: Probes) -> ProxyResponse:
+    """The probe's answer, in the same shape (and with the same problem documents) as the gateway's own."""
+    request_id = new_id()
+    if path == "/healthz":
+        ok = probes.live()
+        return json_response(200 if ok else 503, {"status": "ok" if ok else "gunicorn does not accept"},
+                             {"X-Request-Id": request_id})
+    if path == "/readyz":
+        problem = probes.ready()
+        if problem is not None:
+            return problem_response(problem, path=path, request_id=request_id)
+        return json_response(200, {"status": "ready"}, {"X-Request-Id": request_id})
+    return problem_response(errors.RouteNotFound(f"no route for GET {path[:200]}"), path=path[:200],
+                            request_id=request_id)
+
+
 def serve(bind: tuple[str, int], probes: Probes) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            path = self.path.split("?")[0]
-            if path == "/healthz":
-                ok = probes.live()
-                self._reply(200 if ok else 503, {"status": "ok" if ok else "gunicorn does not accept"}, {})
-            elif path == "/readyz":
-                problem = probes.ready()
-                if problem is None:
-                    self._reply(200, {"status": "ready"}, {})
-                else:
-                    response = problem_response(problem, path=path)
-                    self._reply(response["statusCode"], json.loads(response["body"]), response["headers"])
-            else:
-                response = problem_response(errors.RouteNotFound(f"no route for GET {path[:200]}"), path=path)
-                self._reply(404, json.loads(response["body"]), response["headers"])
-
-        def _reply(self, status: int, body: dict[str, object], headers: dict[str, str]) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", headers.get("Content-Type", "application/json"))
-            if "Retry-After" in headers:
-                self.send_header("Retry-After", headers["Retry-After"])
+            response = answer(self.path.split("?")[0], probes)
+            data = response["body"].encode()
+            self.send_response(response["statusCode"])
+            for name, value in response["headers"].items():
+                self.send_header(name, value)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
