@@ -128,12 +128,21 @@ _ADDRESS = re.compile(r"(?P<host>[A-Za-z0-9.:-]{1,253}|\[[0-9A-Fa-f:]+\]):(?P<po
 
 
 def _address(env: Mapping[str, str], name: str, default: str) -> str:
+    expected = "host:port, like 0.0.0.0:8080"
+    raw = _matching(env, name, default, _ADDRESS, expected)
+    match = _ADDRESS.fullmatch(raw)
+    if match is not None and not 1 <= int(match["port"]) <= 65_535:
+        raise ConfigError(f"{name} must be {expected}, got {raw[:80]!r}")
+    return raw
+
+
+def _matching(env: Mapping[str, str], name: str, default: str, pattern: re.Pattern[str], expected: str) -> str:
+    """The variable's text when ``pattern`` matches all of it, ``default`` when it is unset; else a ConfigError."""
     raw = _raw(env, name)
     if raw is None:
         return default
-    match = _ADDRESS.fullmatch(raw)
-    if match is None or not 1 <= int(match["port"]) <= 65_535:
-        raise ConfigError(f"{name} must be host:port, like 0.0.0.0:8080, got {raw[:80]!r}")
+    if not pattern.fullmatch(raw):
+        raise ConfigError(f"{name} must be {expected}, got {raw[:80]!r}")
     return raw
 
 
@@ -196,21 +205,11 @@ _HOST = re.compile(r"[A-Za-z0-9.:-]{1,253}")
 
 
 def _host(env: Mapping[str, str], name: str, default: str) -> str:
-    raw = _raw(env, name)
-    if raw is None:
-        return default
-    if not _HOST.fullmatch(raw):
-        raise ConfigError(f"{name} must be an address to bind, like 127.0.0.1 or 0.0.0.0, got {raw[:80]!r}")
-    return raw
+    return _matching(env, name, default, _HOST, "an address to bind, like 127.0.0.1 or 0.0.0.0")
 
 
 def _name(env: Mapping[str, str], name: str, default: str) -> str:
-    raw = _raw(env, name)
-    if raw is None:
-        return default
-    if not _NAME_PATTERN.fullmatch(raw):
-        raise ConfigError(f"{name} must match {_NAME_PATTERN.pattern}, got {raw!r}")
-    return raw
+    return _matching(env, name, default, _NAME_PATTERN, f"match {_NAME_PATTERN.pattern}")
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
