@@ -178,6 +178,10 @@ def _lag(target: RedisTarget, rate: int, seconds: int, accounts: int) -> Result:
         replicas = _replicas(3, _env(target, keys, mongo, "lag", "projector", "l"))
         try:
             wait_until(lambda: len(read_model(mongo.uri, "lag")) == accounts, 60, "the seeded accounts")
+            # Measure the steady state: while the replicas still hand partitions to each other, a handed-back
+            # partition waits up to TTL/4 for its next owner, and those start-up seconds would be the p99.
+            wait_until(lambda: sorted(_count(_owners(client, keys, "projector")).values()) == [5, 5, 6], 60,
+                       "3 replicas to share the partitions")
             sent: dict[tuple[str, int], float] = {}
             watcher = _Watcher(mongo.uri, "lag", sent, lags)
             watcher.start()
