@@ -1,6 +1,7 @@
 """``python -m bench [name ...]``: run the benchmarks (all by default) and print a results table.
 
-Names: handler, http, store-size, history, append, cold-start, projector, takeover, lag, durability, scale-out.
+Names: handler, http, instructions, store-size, history, append, cold-start, projector, takeover, lag,
+durability, scale-out.
 Each figure is printed next to the limit it is compared with, measured in the same run, and each run ends
 with a correctness check.
 """
@@ -16,11 +17,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from bench import common, durability, http_load, inprocess, projector_load, scale_out
+from bench import common, durability, http_load, inprocess, instructions, projector_load, scale_out
 
 BENCHMARKS: dict[str, Callable[[], Any]] = {
     "handler": inprocess.handler_cost,
     "http": http_load.http_throughput,
+    "instructions": instructions.instructions_per_request,
     "store-size": inprocess.store_size_independence,
     "history": inprocess.long_histories,
     "append": inprocess.append_path,
