@@ -16,7 +16,8 @@ _VERSION_MASK = ~((0xF << 76) | (0x3 << 62))
 
 
 def new_id() -> str:
-    bits = f"{random.getrandbits(128) & _VERSION_MASK | _VERSION_4:032x}"
+    # bytes.hex() of the 16 bytes is about twice as fast as formatting the 128-bit int with :032x.
+    bits = (random.getrandbits(128) & _VERSION_MASK | _VERSION_4).to_bytes(16, "big").hex()
     return f"{bits[:8]}-{bits[8:12]}-{bits[12:16]}-{bits[16:20]}-{bits[20:]}"
 
 
