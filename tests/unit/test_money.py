@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import random
 from decimal import Decimal
 
 import pytest
@@ -41,3 +42,17 @@ def test_invalid_amounts_are_refused(value: object) -> None:
                                              (123456789012, "1234567890.12")])
 def test_format_minor(minor: int, text: str) -> None:
     assert format_minor(minor) == text
+
+
+def test_decimal_strings_agree_with_decimal_arithmetic() -> None:
+    """Strings take an integer-only path; it must give what exact decimal arithmetic gives, at every length."""
+    draw = random.Random(11)
+    for _ in range(5_000):
+        major = str(draw.randrange(10 ** draw.randrange(1, 13)))
+        text = major + draw.choice(("", f".{draw.randrange(10)}", f".{draw.randrange(100):02d}"))
+        expected = int(Decimal(text) * 100)
+        if 0 < expected <= MAX_AMOUNT_MINOR:
+            assert parse_amount(text) == expected, text
+        else:
+            with pytest.raises(InvalidAmount):
+                parse_amount(text)
