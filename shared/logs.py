@@ -64,3 +64,16 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     @stream.setter
     def stream(self, value: Any) -> None:
         pass
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # Python's own stderr is line-buffered (3.9+): writing a whole line already reaches the file
+        # descriptor, so the separate flush (and the lock it takes again) is only for other streams.
+        try:
+            stream = sys.stderr
+            stream.write(self.format(record) + "\n")
+            if not getattr(stream, "line_buffering", False):
+                stream.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)

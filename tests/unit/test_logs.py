@@ -1,0 +1,34 @@
+"""The JSON log lines: one object per line, written through to the file descriptor at once."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+
+from shared import logs
+
+
+@pytest.mark.parametrize("line_buffered", [True, False])
+def test_each_line_reaches_the_file_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           line_buffered: bool) -> None:
+    """Python's stderr is line-buffered; a stream that is not (a test runner's, a redirected one) is flushed,
+    so a crash right after a line never loses it."""
+    path = tmp_path / "stderr.log"
+    with open(path, "w", encoding="utf-8", buffering=1 if line_buffered else 8192) as stream:
+        monkeypatch.setattr(sys, "stderr", stream)
+        root = logging.getLogger()
+        monkeypatch.setattr(root, "handlers", [])
+        previous = root.level
+        try:
+            logs.configure("INFO")
+            logging.getLogger("ledgerstream.test").info("request", extra={"fields": {"status": 200}})
+            written = path.read_text(encoding="utf-8")  # before the stream is closed or flushed by anyone else
+        finally:
+            root.setLevel(previous)
+    entry = json.loads(written)
+    assert written.endswith("}\n") and written.count("\n") == 1
+    assert (entry["message"], entry["level"], entry["status"]) == ("request", "INFO", 200)
