@@ -11,7 +11,6 @@ import base64
 import re
 import time
 from collections.abc import Mapping
-from functools import cache
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -28,14 +27,23 @@ def new_request_id() -> str:
     return new_id()
 
 
-@cache
-def _header_name(environ_key: str) -> str:
-    """HTTP_IDEMPOTENCY_KEY -> Idempotency-Key (WSGI already joined repeated headers with commas)."""
-    return environ_key[5:].replace("_", "-").title()
+#: Header names already converted. Bounded: names come from clients, and an unbounded cache would let one
+#: send a new name per request until the worker runs out of memory.
+_HEADER_NAMES: dict[str, str] = {}
+_HEADER_NAMES_MAX = 512
 
 
 def _headers(environ: Mapping[str, Any]) -> dict[str, str]:
-    headers = {_header_name(key): value for key, value in environ.items() if key.startswith("HTTP_")}
+    headers = {}
+    for key, value in environ.items():
+        if key[:5] == "HTTP_":
+            name = _HEADER_NAMES.get(key)
+            if name is None:
+                # HTTP_IDEMPOTENCY_KEY -> Idempotency-Key (WSGI already joined repeated headers with commas).
+                name = key[5:].replace("_", "-").title()
+                if len(_HEADER_NAMES) < _HEADER_NAMES_MAX:
+                    _HEADER_NAMES[key] = name
+            headers[name] = value
     if environ.get("CONTENT_TYPE"):
         headers["Content-Type"] = environ["CONTENT_TYPE"]
     if environ.get("CONTENT_LENGTH"):
