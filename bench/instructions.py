@@ -11,6 +11,7 @@ versions) before counting. User-space instructions only: the kernel's share is i
 
 from __future__ import annotations
 
+import gc
 import io
 import os
 import random
@@ -100,9 +101,10 @@ def _requests(app: str, count: int) -> Iterable[dict[str, Any]]:
 
 
 def _serve(app: str, count: int) -> None:
-    """The child: build the app as gunicorn would, then answer ``count`` requests; none may fail."""
+    """The child: build the app as a gunicorn worker does, then answer ``count`` requests; none may fail."""
     module, factory = APPS[app].split(":")
     wsgi: Callable[..., Iterable[bytes]] = getattr(__import__(module, fromlist=[factory]), factory)()
+    gc.freeze()  # as gateway/gunicorn.conf.py does once a worker has loaded the app
     statuses: list[str] = []
     sys.stderr = open(os.devnull, "w")  # noqa: SIM115  (the log lines are formatted and written, then dropped)
     for environ in _requests(app, count):
