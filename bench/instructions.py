@@ -12,7 +12,6 @@ versions) before counting. User-space instructions only: the kernel's share is i
 from __future__ import annotations
 
 import gc
-import io
 import os
 import random
 import re
@@ -29,6 +28,7 @@ import redis
 
 from bench.common import ROOT, Result, redis_server, report, seed_accounts
 from shared.keys import KeySpace
+from tests.support.wsgi import post_environ
 
 ACCOUNTS = 100
 SEED_EVENTS = 10
@@ -80,24 +80,15 @@ def _count(url: str, database: int, app: str, requests: int, folder: Path) -> in
     return int(found.group(1))
 
 
-def _environ(path: str, body: bytes) -> dict[str, Any]:
-    """What gunicorn hands the app for wrk's requests (bench/wrk/mix.lua), minus the socket."""
-    return {"REQUEST_METHOD": "POST", "PATH_INFO": path, "QUERY_STRING": "", "SERVER_NAME": "127.0.0.1",
-            "SERVER_PORT": "8000", "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "127.0.0.1",
-            "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(body)), "HTTP_HOST": "127.0.0.1:8000",
-            "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(body), "wsgi.errors": sys.stderr,
-            "wsgi.multithread": False, "wsgi.multiprocess": True, "wsgi.run_once": False, "wsgi.version": (1, 0)}
-
-
 def _requests(app: str, count: int) -> Iterable[dict[str, Any]]:
     draw = random.Random(7)  # the same requests in both runs of an app
     for _ in range(count):
         if app == "noop":
-            yield _environ("/noop", b'{"amount":"2.00"}')
+            yield post_environ("/noop", b'{"amount":"2.00"}')
         elif draw.random() < 0.6:
-            yield _environ(f"/accounts/acct-{draw.randrange(ACCOUNTS)}/deposits", b'{"amount":"2.00"}')
+            yield post_environ(f"/accounts/acct-{draw.randrange(ACCOUNTS)}/deposits", b'{"amount":"2.00"}')
         else:
-            yield _environ(f"/accounts/acct-{draw.randrange(ACCOUNTS)}/withdrawals", b'{"amount":"1.00"}')
+            yield post_environ(f"/accounts/acct-{draw.randrange(ACCOUNTS)}/withdrawals", b'{"amount":"1.00"}')
 
 
 def _serve(app: str, count: int) -> None:

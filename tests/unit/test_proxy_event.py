@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 from flask import Request
 
 from gateway import proxy
 from gateway.routes import ROUTES
+from tests.support.wsgi import post_environ
 
 
 def _event(extra: dict[str, str]) -> dict[str, Any]:
-    environ: dict[str, Any] = {"REQUEST_METHOD": "POST", "PATH_INFO": "/accounts/a/deposits", "QUERY_STRING": "",
-                               "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": "2", "REMOTE_ADDR": "10.0.0.1",
-                               "wsgi.input": io.BytesIO(b"{}"), "SERVER_PROTOCOL": "HTTP/1.1", **extra}
+    environ = post_environ("/accounts/a/deposits", b"{}", REMOTE_ADDR="10.0.0.1", **extra)
+    del environ["HTTP_HOST"]  # only the headers a test names
     route = next(r for r in ROUTES if r.function == "DepositFunction")
     return proxy.to_event(Request(environ), route, {"id": "a"})
 
