@@ -33,7 +33,7 @@ from tests.support.wsgi import post_environ
 ACCOUNTS = 100
 SEED_EVENTS = 10
 PREFIX = "b2c"
-#: Requests before counting starts: enough for every account to pass a snapshot (5 versions by default).
+#: Requests before counting starts: enough for every account to pass a snapshot (every 2 versions by default).
 WARM = 600
 MEASURED = 1000
 APPS = {"ours": "gateway:create_app", "noop": "bench.noop_app:create_app"}

@@ -51,7 +51,7 @@ class Settings:
     #: A command's whole time budget, resolving a lost reply included; past it, 503 outcome-unknown.
     command_deadline_seconds: float = 8.0
     command_max_attempts: int = 10
-    snapshot_interval: int = 5
+    snapshot_interval: int = 2
     max_body_bytes: int = 16_384
     log_level: str = "INFO"
 
