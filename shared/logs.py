@@ -33,11 +33,12 @@ class JsonFormatter(logging.Formatter):
 
 def configure(level: str) -> None:
     """Send JSON lines to stderr. Idempotent, so every entry point may call it at start-up."""
-    # The JSON lines show none of the caller, thread or process details, so they are not collected: the
-    # logging documentation's own advice ("Optimization"), and a walk up the stack less per line.
+    # The JSON lines show neither the caller nor the thread, so those are not collected (the logging
+    # documentation's advice, "Optimization"; a walk up the stack less per line). These switches are
+    # process-wide: the process id stays, because gunicorn's own lines in this process format it with %d,
+    # which fails on the None a switched-off field holds (tests/unit/test_logs.py).
     logging._srcfile = None
     logging.logThreads = False
-    logging.logProcesses = False
     logging.logMultiprocessing = False
     root = logging.getLogger()
     if any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):

@@ -26,14 +26,16 @@ def answers(url: str, post: bytes | None = None) -> bool:
 
 
 @contextmanager
-def live_gateway(settings: dict[str, str], workers: int = 2) -> Iterator[str]:
-    """Start gunicorn with ``settings`` added to this environment; yield its base URL; stop it after."""
+def live_gateway(settings: dict[str, str], workers: int = 2, log: Path | None = None) -> Iterator[str]:
+    """Start gunicorn with ``settings`` added to this environment; yield its base URL; stop it after.
+    ``log`` collects its output (gunicorn's lines and ours)."""
     port = free_port()
     env = {**os.environ, "LOG_LEVEL": "WARNING", "GUNICORN_BIND": f"127.0.0.1:{port}",
            "WEB_CONCURRENCY": str(workers), **settings}
     base = f"http://127.0.0.1:{port}"
     process = spawn([sys.executable, "-m", "gunicorn", "--config", "gateway/gunicorn.conf.py", "gateway:create_app()"],
-                    lambda: answers(f"{base}/healthz"), 30, "gunicorn", cwd=ROOT, env=env, own_session=True)
+                    lambda: answers(f"{base}/healthz"), 30, "gunicorn", cwd=ROOT, env=env, own_session=True,
+                    log=log)
     try:
         yield base
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -32,3 +33,23 @@ def test_each_line_reaches_the_file_at_once(tmp_path: Path, monkeypatch: pytest.
     entry = json.loads(written)
     assert written.endswith("}\n") and written.count("\n") == 1
     assert (entry["message"], entry["level"], entry["status"]) == ("request", "INFO", 200)
+
+
+def test_gunicorn_lines_still_format_after_configure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Our switches are process-wide: gunicorn's lines in a worker ("Worker exiting", "Error handling
+    request", ...) format ``%(process)d`` and came out as "--- Logging error ---" tracebacks when the process
+    id was switched off."""
+    from gunicorn.glogging import Logger as GunicornLogger
+
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])
+    previous = root.level
+    try:
+        logs.configure("INFO")
+        gunicorn_log = logging.getLogger("gunicorn.error")
+        record = gunicorn_log.makeRecord(gunicorn_log.name, logging.INFO, "(unknown file)", 0,
+                                         "Worker exiting (pid: %s)", (123,), None)
+    finally:
+        root.setLevel(previous)
+    line = logging.Formatter(GunicornLogger.error_fmt, GunicornLogger.datefmt).format(record)
+    assert line.endswith(f"[{os.getpid()}] [INFO] Worker exiting (pid: 123)")
