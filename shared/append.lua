@@ -3,13 +3,15 @@
 --
 -- KEYS[1] account stream    KEYS[2] version record    KEYS[3] partition log    KEYS[4] snapshot
 -- KEYS[5] idempotency record (only when the request carries an Idempotency-Key)
--- ARGV[1] expected version  ARGV[2] number of events
--- ARGV[3] request fingerprint  ARGV[4] result to replay  ARGV[5] idempotency TTL in seconds
--- ARGV[6] snapshot of the state after these events (JSON), or "" for none
--- ARGV[7...] per event: an item count k, then k field/value items in the order of
---            shared/stream_codec.py, whose first pair is the version with an empty value: filled in here
+-- ARGV[1] expected version  ARGV[2] snapshot of the state after these events (JSON), or "" for none
+-- ARGV[3] number of events  ARGV[4...] per event, the value of each field of FIELDS after the version
+-- then, only with KEYS[5]: the request fingerprint, the result to replay, the idempotency TTL in seconds
 --
 -- Replies: {"ok", new version} | {"conflict", current version} | {"duplicate", fingerprint, result}
+
+-- The entry's field names, in order, the version first: filled in from shared/stream_codec.py when the
+-- script is loaded, so a call carries only the values (each argument costs the caller and Redis).
+local FIELDS = {--[[FIELDS]]}
 
 if KEYS[5] then
   local prior = redis.call('HMGET', KEYS[5], 'fingerprint', 'result')
@@ -24,27 +26,26 @@ if current ~= tonumber(ARGV[1]) then
 end
 
 local version = current
-local at = 7
-for _ = 1, tonumber(ARGV[2]) do
-  local count = tonumber(ARGV[at])
-  local items = {}
-  for i = 1, count do
-    items[i] = ARGV[at + i]
-  end
-  at = at + count + 1
+local at = 4
+for _ = 1, tonumber(ARGV[3]) do
   version = version + 1
-  items[2] = version
   -- The entry id is the version, so XRANGE can seek straight to any version.
+  local items = {FIELDS[1], version}
+  for i = 2, #FIELDS do
+    items[2 * i - 1] = FIELDS[i]
+    items[2 * i] = ARGV[at]
+    at = at + 1
+  end
   redis.call('XADD', KEYS[1], version .. '-0', unpack(items))
   redis.call('XADD', KEYS[3], '*', unpack(items))
 end
 redis.call('SET', KEYS[2], version)
 
-if ARGV[6] ~= '' then
-  redis.call('HSET', KEYS[4], 'version', version, 'state', ARGV[6])
+if ARGV[2] ~= '' then
+  redis.call('HSET', KEYS[4], 'version', version, 'state', ARGV[2])
 end
 if KEYS[5] then
-  redis.call('HSET', KEYS[5], 'fingerprint', ARGV[3], 'result', ARGV[4])
-  redis.call('EXPIRE', KEYS[5], ARGV[5])
+  redis.call('HSET', KEYS[5], 'fingerprint', ARGV[at], 'result', ARGV[at + 1])
+  redis.call('EXPIRE', KEYS[5], ARGV[at + 2])
 end
 return {'ok', version}

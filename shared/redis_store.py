@@ -42,7 +42,7 @@ from shared.redis_client import (
     is_cluster,
     unavailable_as_store_error,
 )
-from shared.stream_codec import ITEMS_PER_EVENT, decode_entries, encode
+from shared.stream_codec import decode_entries, encode, lua_fields
 
 
 def _script(name: str) -> str:
@@ -51,7 +51,7 @@ def _script(name: str) -> str:
         return source.read()
 
 
-APPEND_LUA = _script("append.lua")
+APPEND_LUA = _script("append.lua").replace("--[[FIELDS]]", lua_fields())
 LOAD_LUA = _script("load.lua")
 
 AppendRequest = tuple[str, int, Sequence[NewEvent]]
@@ -185,16 +185,13 @@ def append_arguments(keys: KeySpace, ttl: int, account_id: str, expected_version
         raise ValueError("append needs at least one event")
     account_keys = keys.account(account_id)
     script_keys = [account_keys.stream, account_keys.version, account_keys.log, account_keys.snapshot]
-    args: list[bytes | str | int] = [expected_version, len(events)]
-    if idempotency is None:
-        args += ["", "", 0]
-    else:
+    args: list[bytes | str | int] = [expected_version, "" if snapshot is None else _snapshot_json(snapshot),
+                                     len(events)]
+    for event in events:
+        args += encode(event)
+    if idempotency is not None:
         script_keys.append(account_keys.idempotency(idempotency.key))
         args += [idempotency.record.fingerprint, idempotency.record.result, ttl]
-    args.append("" if snapshot is None else _snapshot_json(snapshot))
-    for event in events:
-        args.append(ITEMS_PER_EVENT)
-        args += encode(event)
     return script_keys, args
 
 

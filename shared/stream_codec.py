@@ -4,8 +4,9 @@
 ``decode_flat`` (script and raw XRANGE replies, read by position) and ``decode_mapping`` (replies that
 redis-py parsed into dicts). ``redis-cli XRANGE`` shows the fields in this order.
 
-The version comes first, with an empty value: only the append script knows the version an event gets, so
-it fills in that one slot (``append.lua`` writes ``ARGV`` item 2 of each event) and copies the rest as is.
+The version comes first. Only the append script knows the version an event gets, so ``encode`` gives the
+values of the other fields, and the script (whose list of names is filled in from ``FIELDS``, see
+``lua_fields``) pairs them with their names and puts the version in front.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ from shared.errors import CorruptHistory
 from shared.events import NewEvent, RecordedEvent
 
 FIELDS: Final = ("version", "type", "account_id", "event_id", "time", "schema", "data", "meta")
-#: Field/value items per encoded event (what the append script counts through).
-ITEMS_PER_EVENT: Final = 2 * len(FIELDS)
 
 _NAMES: Final = [name.encode() for name in FIELDS]
 # Positions of each value in a flat [name, value, name, value, ...] entry.
@@ -28,21 +27,14 @@ _VERSION, _TYPE, _ACCOUNT, _EVENT_ID, _TIME, _SCHEMA, _DATA, _META = (2 * i + 1 
 
 
 def encode(event: NewEvent) -> list[bytes | str | int]:
-    """The entry's field/value items in ``FIELDS`` order, the version's value left empty for the script."""
-    values: dict[str, bytes | str | int] = {
-        "version": "",
-        "type": event.type,
-        "account_id": event.account_id,
-        "event_id": event.event_id,
-        "time": event.recorded_at,
-        "schema": event.schema,
-        "data": orjson.dumps(event.data),
-        "meta": event.metadata.to_json(),
-    }
-    items: list[bytes | str | int] = []
-    for name in FIELDS:
-        items += (name, values[name])
-    return items
+    """The values of ``FIELDS`` after the version, in order (the append script adds the names)."""
+    return [event.type, event.account_id, event.event_id, event.recorded_at, event.schema,
+            orjson.dumps(event.data), event.metadata.to_json()]
+
+
+def lua_fields() -> str:
+    """``FIELDS`` as the items of a Lua table, for the append script's list of names."""
+    return ", ".join(f"'{name}'" for name in FIELDS)
 
 
 def decode_entries(entries: Iterable[Any] | None) -> list[RecordedEvent]:

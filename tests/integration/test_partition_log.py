@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 from collections import defaultdict
+from typing import Any
 
 import pytest
 
 from shared import runtime
 from shared.keys import KeySpace
-from shared.stream_codec import decode_entries
+from shared.stream_codec import FIELDS, decode_entries
 from tests.support.apigw import call
 
 
@@ -51,3 +53,28 @@ def test_every_event_reaches_its_partition_log_once_in_order(live_env: KeySpace)
 
 
 pytestmark = pytest.mark.usefixtures("live_env")
+
+
+@pytest.mark.parametrize("idempotency_key", [None, "key-1"])
+def test_entries_carry_every_field_by_name_in_order(live_env: KeySpace, idempotency_key: str | None) -> None:
+    """The append script pairs the values it is sent with the names of ``FIELDS``: ``redis-cli XRANGE``
+    shows them in that order, the version first, the same in the account stream and the partition log.
+    (Decoding falls back to reading by name, so only the raw entry shows a misplaced field.)"""
+    call("create_account", "acct-fields")
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+    call("deposit", "acct-fields", {"amount": "2.50"}, headers=headers)
+    client = runtime.redis_client()
+    streamed: Any = client.xrange(live_env.stream("acct-fields"), "2-0", "2-0")
+    logged: Any = client.xrange(live_env.partition_log(live_env.partition_of("acct-fields")))
+    for _, fields in (streamed[0], logged[-1]):  # redis-py keeps the entry's order in the dict
+        assert [name.decode() for name in fields] == list(FIELDS)
+        entry = {name.decode(): value.decode() for name, value in fields.items()}
+        assert (entry["version"], entry["type"], entry["account_id"], entry["schema"]) == \
+            ("2", "FundsDeposited", "acct-fields", "1")
+        assert json.loads(entry["data"]) == {"amount_minor": 250}
+        assert json.loads(entry["meta"]).get("idempotency_key") == idempotency_key
+    if idempotency_key:
+        key = live_env.account("acct-fields").idempotency(idempotency_key)
+        record = client.hgetall(key)
+        assert set(record) == {b"fingerprint", b"result"} and json.loads(record[b"result"])["balance"] == 250
+        assert 0 < client.ttl(key) <= 86400
