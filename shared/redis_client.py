@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from functools import partial
 from typing import Any
 
 import hiredis
@@ -57,6 +58,10 @@ class _MarksScriptSends:
     def send_command(self, *args: Any, **kwargs: Any) -> None:
         self._script_call = bool(args) and args[0] in ("EVALSHA", "EVAL")
         super().send_command(*args, **kwargs)  # type: ignore[misc]
+
+    def disconnect_on(self, error: Exception) -> None:
+        """What the Retry does between attempts: drop the connection, so the next one reconnects."""
+        self.disconnect()  # type: ignore[attr-defined]
 
     def send_script(self, packed: bytes) -> None:
         """Send a script call the caller packed itself (see ``ScriptRunner``)."""
@@ -195,19 +200,19 @@ class ScriptRunner:
         if self._kept is None:
             client: Any = self._client
             return client.execute_command(*args)
-        return self._on_kept(lambda connection: _send(connection, args))
-
-    def __call__(self, script: Any, keys: list[str], args: list[Any]) -> Any:
-        if self._kept is None:
-            return script(keys=keys, args=args)
-        return self._on_kept(lambda connection: _evalsha(connection, script, keys, args))
-
-    def _on_kept(self, exchange: Callable[[Any], Any]) -> Any:
-        """One exchange on the kept connection, under the client's lock and with the connection's Retry."""
         connection = self._kept
         with self._lock:
-            return connection.retry.call_with_retry(lambda: exchange(connection),
-                                                    lambda error: connection.disconnect())
+            return connection.retry.call_with_retry(partial(_send, connection, args), connection.disconnect_on)
+
+    def __call__(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """One exchange on the kept connection, under the client's lock and with the connection's Retry
+        (the exchange is a ``partial``, not a closure: one Python frame less per call)."""
+        if self._kept is None:
+            return script(keys=keys, args=args)
+        connection = self._kept
+        with self._lock:
+            return connection.retry.call_with_retry(partial(_evalsha, connection, script, keys, args),
+                                                    connection.disconnect_on)
 
 
 # The runner packs its own commands with hiredis, as redis-py does when hiredis is installed, but without
