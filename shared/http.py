@@ -121,7 +121,8 @@ class ApiRequest(NamedTuple):
             raise errors.MalformedJson(f"request body is not valid JSON: {_short(exc)}") from None
         if not isinstance(parsed, dict):
             raise errors.InvalidBody(f"request body must be a JSON object, not {_json_kind(parsed)}")
-        _refuse_lone_surrogates(parsed)
+        if b"\\u" in self.body:  # strict UTF-8 decoding refused encoded surrogates: only an escape makes one
+            _refuse_lone_surrogates(parsed)
         return parsed
 
 
