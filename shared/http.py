@@ -20,6 +20,7 @@ import orjson
 from shared import errors
 from shared.clock import new_id
 from shared.errors import LedgerError
+from shared.logs import FieldsRecord
 
 log = logging.getLogger("ledgerstream.http")
 
@@ -256,7 +257,7 @@ def serve(event: ProxyEvent, route: RouteHandler[Deps], dependencies: Callable[[
 
 
 def _log_request(request: ApiRequest | None, response: ProxyResponse, code: str, started: float) -> None:
-    log.info("request", extra={"fields": {
+    log.handle(FieldsRecord(log.name, logging.INFO, "request", {
         "request_id": request.request_id if request else None,
         "method": request.method if request else None,
         "path": request.path if request else None,
@@ -264,4 +265,4 @@ def _log_request(request: ApiRequest | None, response: ProxyResponse, code: str,
         "status": response["statusCode"],
         "code": code,
         "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-    }})
+    }))

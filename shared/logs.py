@@ -7,7 +7,10 @@ timestamp formatting.
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import threading
+import time
 from typing import Any
 
 import orjson
@@ -29,6 +32,43 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
         return orjson.dumps(entry, default=str).decode()
+
+
+#: What the standard records' relativeCreated counts from (the logging module's import).
+_LOGGING_STARTED: float = getattr(logging, "_startTime", time.time())
+
+
+class FieldsRecord(logging.LogRecord):
+    """A record of a message without arguments plus its ``fields``: what ``logger.info(message,
+    extra={"fields": ...})`` makes, for the line every request writes (``logger.handle(FieldsRecord(...))``
+    after ``isEnabledFor``, so the logger's level, filters and handlers apply as usual). It skips the work
+    around the standard record (the ``extra`` merge, the file name split, the argument checks): a third of
+    what a request's log line cost, measured by callgrind. It holds every attribute of a standard record in
+    its ``__dict__`` (%-style formats read them from there), those that cannot vary here copied in one step.
+    A record factory set with ``setLogRecordFactory`` is not used for these lines."""
+
+    def __init__(self, name: str, level: int, msg: str, fields: dict[str, object]) -> None:
+        created = time.time()
+        attributes = self.__dict__
+        attributes.update(_CONSTANT_ATTRIBUTES)
+        attributes["name"], attributes["msg"], attributes["fields"] = name, msg, fields
+        attributes["levelno"], attributes["levelname"] = level, logging.getLevelName(level)
+        attributes["created"] = created
+        attributes["msecs"] = int((created - int(created)) * 1000) + 0.0
+        attributes["relativeCreated"] = (created - _LOGGING_STARTED) * 1000
+        if logging.logThreads:
+            attributes["thread"], attributes["threadName"] = threading.get_ident(), threading.current_thread().name
+        if logging.logProcesses:
+            attributes["process"] = os.getpid()
+
+
+#: A standard record's attributes that never vary for a FieldsRecord (those of a record made once the
+#: caller, the thread and the process name are not collected).
+_CONSTANT_ATTRIBUTES: dict[str, object] = {
+    "args": (), "exc_info": None, "exc_text": None, "stack_info": None, "pathname": "(unknown file)",
+    "filename": "(unknown file)", "module": "(unknown file)", "lineno": 0, "funcName": None, "thread": None,
+    "threadName": None, "processName": None, "process": None, "taskName": None,
+}
 
 
 def configure(level: str) -> None:

@@ -53,3 +53,25 @@ def test_gunicorn_lines_still_format_after_configure(monkeypatch: pytest.MonkeyP
         root.setLevel(previous)
     line = logging.Formatter(GunicornLogger.error_fmt, GunicornLogger.datefmt).format(record)
     assert line.endswith(f"[{os.getpid()}] [INFO] Worker exiting (pid: 123)")
+
+
+def test_a_fields_record_reads_like_the_standard_one() -> None:
+    """The request line's record: the same JSON line as ``logger.info(message, extra={"fields": ...})``,
+    and every attribute the logging documentation lists is there for any other formatter."""
+    logger = logging.getLogger("ledgerstream.test")
+    fields: dict[str, object] = {"request_id": "r-1", "status": 200, "duration_ms": 1.5}
+    standard = logger.makeRecord(logger.name, logging.INFO, "(unknown file)", 0, "request", (), None,
+                                 extra={"fields": fields})
+    ours = logs.FieldsRecord(logger.name, logging.INFO, "request", fields)
+    formatter = logs.JsonFormatter()
+    standard_line, our_line = json.loads(formatter.format(standard)), json.loads(formatter.format(ours))
+    assert standard_line.keys() == our_line.keys()
+    assert {k: v for k, v in our_line.items() if k != "time"} == {k: v for k, v in standard_line.items() if k != "time"}
+    every = " ".join(f"%({name})s" for name in (
+        "args", "asctime", "created", "exc_info", "filename", "funcName", "levelname", "levelno", "lineno",
+        "message", "module", "msecs", "msg", "name", "pathname", "process", "processName", "relativeCreated",
+        "stack_info", "thread", "threadName"))
+    assert logging.Formatter(every).format(ours).split(" ")[11] == "request"  # message, after asctime's two words
+    assert abs(ours.relativeCreated - standard.relativeCreated) < 1000
+    assert set(standard.__dict__) <= set(ours.__dict__)  # %-style formats read the record's __dict__
+    assert ours.process == standard.process
