@@ -38,6 +38,15 @@ class JsonFormatter(logging.Formatter):
 _LOGGING_STARTED: float = getattr(logging, "_startTime", time.time())
 
 
+#: A standard record's attributes that never vary for a FieldsRecord (those of a record made once the
+#: caller, the thread and the process name are not collected).
+_CONSTANT_ATTRIBUTES: dict[str, object] = {
+    "args": (), "exc_info": None, "exc_text": None, "stack_info": None, "pathname": "(unknown file)",
+    "filename": "(unknown file)", "module": "(unknown file)", "lineno": 0, "funcName": None, "thread": None,
+    "threadName": None, "processName": None, "process": None, "taskName": None,
+}
+
+
 class FieldsRecord(logging.LogRecord):
     """A record of a message without arguments plus its ``fields``: what ``logger.info(message,
     extra={"fields": ...})`` makes, for the line every request writes (``logger.handle(FieldsRecord(...))``
@@ -60,15 +69,6 @@ class FieldsRecord(logging.LogRecord):
             attributes["thread"], attributes["threadName"] = threading.get_ident(), threading.current_thread().name
         if logging.logProcesses:
             attributes["process"] = os.getpid()
-
-
-#: A standard record's attributes that never vary for a FieldsRecord (those of a record made once the
-#: caller, the thread and the process name are not collected).
-_CONSTANT_ATTRIBUTES: dict[str, object] = {
-    "args": (), "exc_info": None, "exc_text": None, "stack_info": None, "pathname": "(unknown file)",
-    "filename": "(unknown file)", "module": "(unknown file)", "lineno": 0, "funcName": None, "thread": None,
-    "threadName": None, "processName": None, "process": None, "taskName": None,
-}
 
 
 def configure(level: str) -> None:

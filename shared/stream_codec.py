@@ -27,7 +27,8 @@ _VERSION, _TYPE, _ACCOUNT, _EVENT_ID, _TIME, _SCHEMA, _DATA, _META = (2 * i + 1 
 
 
 def encode(event: NewEvent) -> list[bytes | str | int]:
-    """The values of ``FIELDS`` after the version, in order (the append script adds the names)."""
+    """The values of ``FIELDS`` after the version, in that order (the append script adds the names;
+    tests/integration/test_partition_log.py reads stored entries back name by name)."""
     return [event.type, event.account_id, event.event_id, event.recorded_at, event.schema,
             orjson.dumps(event.data), event.metadata.to_json()]
 
