@@ -52,8 +52,6 @@ def test_every_event_reaches_its_partition_log_once_in_order(live_env: KeySpace)
     assert len({live_env.partition_of(a) for a in accounts}) > 1
 
 
-pytestmark = pytest.mark.usefixtures("live_env")
-
 
 @pytest.mark.parametrize("idempotency_key", [None, "key-1"])
 def test_entries_carry_every_field_by_name_in_order(live_env: KeySpace, idempotency_key: str | None) -> None:
@@ -78,3 +76,6 @@ def test_entries_carry_every_field_by_name_in_order(live_env: KeySpace, idempote
         record = client.hgetall(key)
         assert set(record) == {b"fingerprint", b"result"} and json.loads(record[b"result"])["balance"] == 250
         assert 0 < client.ttl(key) <= 86400
+
+
+pytestmark = pytest.mark.usefixtures("live_env")

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,44 +14,45 @@ import pytest
 from shared import logs
 
 
+@pytest.fixture
+def configure(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Call ``logs.configure("INFO")`` as an entry point does, on a root logger put back afterwards."""
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])
+    previous = root.level
+    try:
+        logs.configure("INFO")
+        yield
+    finally:
+        root.setLevel(previous)
+
+
 @pytest.mark.parametrize("line_buffered", [True, False])
+@pytest.mark.usefixtures("configure")
 def test_each_line_reaches_the_file_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                            line_buffered: bool) -> None:
     """Python's stderr is line-buffered; a stream that is not (a test runner's, a redirected one) is flushed,
     so a crash right after a line never loses it."""
     path = tmp_path / "stderr.log"
     with open(path, "w", encoding="utf-8", buffering=1 if line_buffered else 8192) as stream:
-        monkeypatch.setattr(sys, "stderr", stream)
-        root = logging.getLogger()
-        monkeypatch.setattr(root, "handlers", [])
-        previous = root.level
-        try:
-            logs.configure("INFO")
-            logging.getLogger("ledgerstream.test").info("request", extra={"fields": {"status": 200}})
-            written = path.read_text(encoding="utf-8")  # before the stream is closed or flushed by anyone else
-        finally:
-            root.setLevel(previous)
+        monkeypatch.setattr(sys, "stderr", stream)  # the handler writes to whatever sys.stderr is now
+        logging.getLogger("ledgerstream.test").info("request", extra={"fields": {"status": 200}})
+        written = path.read_text(encoding="utf-8")  # before the stream is closed or flushed by anyone else
     entry = json.loads(written)
     assert written.endswith("}\n") and written.count("\n") == 1
     assert (entry["message"], entry["level"], entry["status"]) == ("request", "INFO", 200)
 
 
-def test_gunicorn_lines_still_format_after_configure(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.usefixtures("configure")
+def test_gunicorn_lines_still_format_after_configure() -> None:
     """Our switches are process-wide: gunicorn's lines in a worker ("Worker exiting", "Error handling
     request", ...) format ``%(process)d`` and came out as "--- Logging error ---" tracebacks when the process
     id was switched off."""
     from gunicorn.glogging import Logger as GunicornLogger
 
-    root = logging.getLogger()
-    monkeypatch.setattr(root, "handlers", [])
-    previous = root.level
-    try:
-        logs.configure("INFO")
-        gunicorn_log = logging.getLogger("gunicorn.error")
-        record = gunicorn_log.makeRecord(gunicorn_log.name, logging.INFO, "(unknown file)", 0,
-                                         "Worker exiting (pid: %s)", (123,), None)
-    finally:
-        root.setLevel(previous)
+    gunicorn_log = logging.getLogger("gunicorn.error")
+    record = gunicorn_log.makeRecord(gunicorn_log.name, logging.INFO, "(unknown file)", 0,
+                                     "Worker exiting (pid: %s)", (123,), None)
     line = logging.Formatter(GunicornLogger.error_fmt, GunicornLogger.datefmt).format(record)
     assert line.endswith(f"[{os.getpid()}] [INFO] Worker exiting (pid: 123)")
 
