@@ -7,8 +7,13 @@ prefixed logs (honcho). Ctrl-C stops the API and the projector first, then the s
            $DEV_STATE_DIR/redis (.devstack/redis), reused if one from an earlier run still answers there.
   MongoDB  MONGODB_URI if set; else the nx-27017 stand-in on 127.0.0.1:$DEV_MONGO_PORT (27017), data in
            $DEV_STATE_DIR/mongo, reused likewise.
+  Issuer   AUTH_ISSUER (and AUTH_AUDIENCE) if set, or AUTH_MODE=none; else a local OIDC issuer on
+           127.0.0.1:$DEV_ISSUER_PORT (8083), its signing key in $DEV_STATE_DIR/issuer, which the API trusts.
   API      http://127.0.0.1:$PORT (8080), $WEB_CONCURRENCY (2) workers; projector health on
            $PROJECTOR_HEALTH_PORT (8081).
+
+Every API request needs a bearer token; with the local issuer, print one with
+  python -m devstack token <subject> [--scope accounts:read --scope ...] [--account ID] [--ttl 1h]
 
 With --cluster, Redis is a 3-master Redis Cluster instead: redis-server processes on 127.0.0.1:7000-7002
 ($DEV_CLUSTER_PORT moves the first; cluster bus on port + 10000), data (AOF) in $DEV_STATE_DIR/cluster.
@@ -18,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -26,6 +33,7 @@ from pathlib import Path
 from honcho.manager import Manager
 from honcho.printer import Printer
 
+from devstack.issuer import DEFAULT_SCOPES, LOCAL_AUDIENCE, LocalIssuer, local_url
 from devstack.mongo_standin import answers as mongo_answers
 from devstack.mongo_standin import command as mongo_command
 from devstack.process import port_in_use, spawn, terminate
@@ -41,18 +49,54 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cluster", action="store_true", help="run Redis as a local 3-master Redis Cluster")
+    commands = parser.add_subparsers(dest="command", metavar="{token}")
+    token = commands.add_parser("token", help="print a bearer token of the local issuer",
+                                description="Print an access token signed by the local issuer that `make run` "
+                                            "starts, for Authorization: Bearer <token>.")
+    token.add_argument("subject", help="who the token is for (the owner of the accounts it opens)")
+    token.add_argument("--scope", action="append", metavar="SCOPE",
+                       help="a scope (repeatable, or several separated by spaces); default: "
+                            f"{' '.join(DEFAULT_SCOPES)}. accounts:admin reaches every account")
+    token.add_argument("--account", metavar="ID", help="a delegated token: it reaches this account only (acct)")
+    token.add_argument("--ttl", default="1h", help="lifetime, like 90s, 30m, 1h or 2d (default 1h)")
     args = parser.parse_args(argv)
     try:
         dev = load_dev_settings()
     except ConfigError as exc:
         print(f"devstack: {exc}", file=sys.stderr)
         return 2
-    busy = _busy_port(dev)
+    if args.command == "token":
+        return _token(args, dev)
+    return _run(args, dev)
+
+
+def _token(args: argparse.Namespace, dev: DevSettings) -> int:
+    ttl = _seconds(args.ttl)
+    if ttl is None:
+        print(f"devstack token: --ttl must be a number of seconds, minutes, hours or days (90s, 30m, 1h, 2d), "
+              f"got {args.ttl!r}", file=sys.stderr)
+        return 2
+    scopes = [s for item in (args.scope or DEFAULT_SCOPES) for s in item.split()]
+    issuer = LocalIssuer.from_directory(dev.state_dir, local_url(dev.issuer_port))
+    print(issuer.token(args.subject, scopes, ttl_seconds=ttl, account=args.account))
+    return 0
+
+
+def _seconds(text: str) -> int | None:
+    match = re.fullmatch(r"([0-9]{1,7})([smhd]?)", text.strip())
+    if match is None or int(match[1]) == 0:
+        return None
+    return int(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+
+
+def _run(args: argparse.Namespace, dev: DevSettings) -> int:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    local_issuer = not (env.get("AUTH_ISSUER") or env.get("AUTH_MODE"))
+    busy = _busy_port(dev, local_issuer)
     if busy:
         print(f"devstack: {busy}", file=sys.stderr)
         return 1
 
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     started: list[subprocess.Popen[bytes]] = []
     cluster: LocalCluster | None = None
     try:
@@ -62,6 +106,15 @@ def main(argv: list[str] | None = None) -> int:
             env["REDIS_URL"] = _redis(env, dev, started)
         env["MONGODB_URI"] = _mongo(env, dev, started)
         manager = Manager(Printer(sys.stdout))
+        if local_issuer:
+            issuer = LocalIssuer.from_directory(dev.state_dir, local_url(dev.issuer_port))  # makes the key once
+            manager.add_process("issuer", f"{shlex.quote(sys.executable)} -m devstack.issuer --port "
+                                          f"{dev.issuer_port} --state-dir {shlex.quote(str(dev.state_dir))}")
+            env.update({"AUTH_ISSUER": issuer.url, "AUTH_AUDIENCE": LOCAL_AUDIENCE})
+            print(f"devstack: API tokens come from the local issuer {issuer.url} (key in "
+                  f"{dev.state_dir / 'issuer'}): .venv/bin/python -m devstack token <subject>")
+        else:
+            print("devstack: authentication as configured by the AUTH_* variables in the environment")
         # Health on loopback: a laptop is not a container behind a platform probe.
         manager.add_process("projector", f"{sys.executable} -m projector run",
                             env={**env, "PROJECTOR_HEALTH_BIND": env.get("PROJECTOR_HEALTH_BIND", "127.0.0.1")})
@@ -83,10 +136,12 @@ def main(argv: list[str] | None = None) -> int:
             cluster.stop()
 
 
-def _busy_port(dev: DevSettings) -> str | None:
-    for port, what, variable in ((dev.port, "the API", "PORT"),
-                                 (dev.projector_health_port, "the projector's health endpoint",
-                                  "PROJECTOR_HEALTH_PORT")):
+def _busy_port(dev: DevSettings, local_issuer: bool) -> str | None:
+    ports = [(dev.port, "the API", "PORT"),
+             (dev.projector_health_port, "the projector's health endpoint", "PROJECTOR_HEALTH_PORT")]
+    if local_issuer:
+        ports.append((dev.issuer_port, "the local issuer", "DEV_ISSUER_PORT"))
+    for port, what, variable in ports:
         if port and port_in_use(port):
             return (f"port {port} for {what} is in use (is another `make run` still running?); "
                     f"stop it, or set {variable} to a free port")

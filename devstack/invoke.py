@@ -1,7 +1,12 @@
 """Invoke one function of template.yaml with an event file, in process, the way ``sam local invoke`` would
 (which needs Docker): handler, code directory and environment are resolved from the template.
 
-    python -m devstack.invoke DepositFunction events/deposit.json [--parameter RedisUrl=redis://...]
+    python -m devstack.invoke DepositFunction events/deposit.json --token "$(python -m devstack token carol)"
+                              [--parameter RedisUrl=redis://...]
+
+The functions verify the event's bearer token: ``--token`` puts one in the event's Authorization header.
+Without AUTH_ISSUER (or AUTH_MODE) in the environment or a template parameter, they trust the local issuer
+that ``make run`` starts, as the rest of the local stack does.
 """
 
 from __future__ import annotations
@@ -15,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from cfnlint.decode import decode
+
+from devstack.issuer import LOCAL_AUDIENCE, local_url
+from shared.config import ConfigError, load_dev_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_VALUE = object()
@@ -80,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--template", type=Path, default=ROOT / "template.yaml")
     parser.add_argument("--parameter", action="append", default=[], metavar="NAME=VALUE",
                         help="template parameter override (repeatable)")
+    parser.add_argument("--token", help="bearer token to put in the event's Authorization header")
     args = parser.parse_args(argv)
     if any("=" not in item for item in args.parameter):
         parser.error("--parameter takes NAME=VALUE")
@@ -90,9 +99,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"cannot read the event file {args.event}: {exc.strerror}")
     except ValueError as exc:
         parser.error(f"the event file {args.event} is not JSON: {exc}")
+    if args.token is not None:
+        for key in ("headers", "multiValueHeaders"):
+            event[key] = {k: v for k, v in (event.get(key) or {}).items() if k.lower() != "authorization"}
+        event["headers"]["Authorization"] = f"Bearer {args.token}"
+        event["multiValueHeaders"]["Authorization"] = [f"Bearer {args.token}"]
     code_dir, handler, env = resolve(args.function, args.template, overrides)
     # The shell's environment wins, as `sam local invoke --env-vars` would let it.
-    os.environ.update({k: v for k, v in env.items() if k not in os.environ})
+    os.environ.update({k: v for k, v in env.items() if k not in os.environ and v != ""})
+    if not (os.environ.get("AUTH_ISSUER") or os.environ.get("AUTH_MODE")):
+        try:
+            dev = load_dev_settings()
+        except ConfigError as exc:
+            parser.error(str(exc))
+        os.environ.update({"AUTH_ISSUER": local_url(dev.issuer_port), "AUTH_AUDIENCE": LOCAL_AUDIENCE})
     module_name, function_name = handler.rsplit(".", 1)
     spec = importlib.util.spec_from_file_location(module_name, code_dir / f"{module_name}.py")
     assert spec is not None and spec.loader is not None
