@@ -10,10 +10,11 @@ import subprocess
 import sys
 from typing import Any
 
-from shared.config import ConfigError, load_gateway_settings
+from shared.config import ConfigError, load_auth_settings, load_gateway_settings
 
 try:
     _settings = load_gateway_settings()
+    load_auth_settings()  # an API nobody configured authentication for does not start
 except ConfigError as error:
     raise SystemExit(f"gunicorn: {error}") from None
 

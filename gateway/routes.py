@@ -24,4 +24,5 @@ ROUTES: tuple[GatewayRoute, ...] = (
     GatewayRoute("POST", "/accounts/{id}/deposits", "DepositFunction", "functions.deposit.app"),
     GatewayRoute("POST", "/accounts/{id}/withdrawals", "WithdrawFunction", "functions.withdraw.app"),
     GatewayRoute("GET", "/accounts/{id}/events", "ListEventsFunction", "functions.list_events.app"),
+    GatewayRoute("PUT", "/accounts/{id}/owner", "AssignOwnerFunction", "functions.assign_owner.app"),
 )

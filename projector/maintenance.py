@@ -14,7 +14,7 @@ from tqdm import tqdm
 from projector import projection
 from projector.apply import apply_entries
 from projector.projection import entry_position
-from projector.read_model import CheckpointWrite, Document, ReadModel, Repair, document
+from projector.read_model import CheckpointWrite, Document, ReadModel, Repair, document, owner_of
 from projector.reader import LogReader, ParkedEntry, to_entry
 from projector.selfcheck import History
 from shared import account
@@ -171,8 +171,8 @@ class VerifyReport:
 
 def verify(reader: LogReader, model: ReadModel, history: History, stream_accounts: Iterator[str],
            repair: bool = False, progress: bool = True) -> VerifyReport:
-    """Compare every document with its account stream: version, balance, the recorded event ids, and the
-    sum of all balances. With ``repair``, rewrite every document that differs from its stream."""
+    """Compare every document with its account stream: version, balance, owner, the recorded event ids, and
+    the sum of all balances. With ``repair``, rewrite every document that differs from its stream."""
     documents = model.documents()
     report = VerifyReport()
     seen: set[str] = set()
@@ -218,6 +218,8 @@ def _difference(state: Account, event_ids: list[str], doc: Document | None) -> s
         return f"read model at version {version} is {kind} the stream at {state.version}"
     if balance != state.balance:
         return f"balance {format_minor(balance)} in the read model, {format_minor(state.balance)} in the stream"
+    if owner_of(doc) != state.owner:
+        return "the read model names another owner than the stream"
     recorded = list(doc.get("event_ids") or [])
     if recorded and recorded != event_ids[-len(recorded):]:
         return "the read model records other events than the stream holds for its latest versions"

@@ -42,6 +42,7 @@ from projector.projection import AccountWrite, Current
 from shared.account import Account
 from shared.config import ProjectorSettings
 from shared.money import format_minor
+from shared.principal import Owner
 
 Document = dict[str, Any]
 Operation = InsertOne[Document] | UpdateOne | ReplaceOne[Document] | DeleteOne
@@ -143,7 +144,7 @@ class ReadModel:
         with mongo_unavailable_as_error():
             found = self._collection.find({"_id": {"$in": ids}, **ACCOUNTS},
                                           {"balance_minor": 1, "version": 1, "created_at": 1, "updated_at": 1,
-                                           "event_ids": 1})
+                                           "event_ids": 1, "owner": 1})
             return {doc["_id"]: Current(_state(doc), tuple(doc.get("event_ids") or ())) for doc in found}
 
     def write(self, writes: Sequence[AccountWrite], checkpoints: Sequence[CheckpointWrite] = (),
@@ -193,7 +194,8 @@ class ReadModel:
         return UpdateOne(
             {"_id": state.id, "version": write.expected_version},
             {"$set": {"balance_minor": Int64(state.balance), "balance": format_minor(state.balance),
-                      "version": state.version, "updated_at": _time(state.updated_at), "partition": partition,
+                      "version": state.version, "owner": _owner(state.owner),
+                      "updated_at": _time(state.updated_at), "partition": partition,
                       "log_ms": Int64(ms), "log_seq": seq},
              "$push": {"timestamps": {"$each": log_ids, "$slice": -self._kept},
                        "event_ids": {"$each": write.event_ids, "$slice": -self._kept}}},
@@ -340,6 +342,7 @@ def document(state: Account, event_ids: list[str], log_ids: list[str], partition
         "balance_minor": Int64(state.balance),
         "balance": format_minor(state.balance),
         "version": state.version,
+        "owner": _owner(state.owner),
         "event_ids": event_ids,
         "timestamps": log_ids,
         "partition": partition,
@@ -354,9 +357,21 @@ def _time(iso: str | None) -> datetime | None:
     return None if iso is None else datetime.fromisoformat(iso.replace("Z", "+00:00"))
 
 
+def _owner(owner: Owner | None) -> Document | None:
+    """The owner as the query side will filter on it: {iss, sub}, or None for an account nobody owns."""
+    return None if owner is None else {"iss": owner.issuer, "sub": owner.subject}
+
+
 def _state(doc: Document) -> Account:
     def iso(value: object) -> str | None:
         return value.isoformat() if isinstance(value, datetime) else None
 
     return Account(doc["_id"], int(doc.get("balance_minor", 0)), int(doc.get("version", 0)),
-                   iso(doc.get("created_at")), iso(doc.get("updated_at")))
+                   iso(doc.get("created_at")), iso(doc.get("updated_at")), owner_of(doc))
+
+
+def owner_of(doc: Document) -> Owner | None:
+    stored = doc.get("owner")
+    if isinstance(stored, dict) and isinstance(stored.get("iss"), str) and isinstance(stored.get("sub"), str):
+        return Owner(stored["iss"], stored["sub"])
+    return None

@@ -1,7 +1,9 @@
 """The account aggregate: rebuilt from its events, it decides what may happen next. Pure: no I/O.
 
 Balances and amounts are integer minor units (see ``money.py``). A command's ``decide`` returns a typed
-domain event (``AccountOpened``, ``FundsDeposited``, ``FundsWithdrawn``) or raises a named domain error.
+domain event (``AccountOpened``, ``FundsDeposited``, ``FundsWithdrawn``, ``OwnerAssigned``) or raises a named
+domain error. Who owns an account is a fact of its history like its balance: ``AccountOpened`` names the
+owner (accounts opened before owners existed name none), ``OwnerAssigned`` changes it.
 ``_step`` is the single fold step behind both ``apply`` (a decision, typed) and ``rebuild`` / ``apply_recorded``
 (stored events, as the store decodes them), so the state a response reports is exactly what a later
 rebuild will see.
@@ -22,10 +24,14 @@ from shared.errors import (
 )
 from shared.events import EventData, RecordedEvent
 from shared.money import MAX_BALANCE_MINOR, format_minor
+from shared.principal import Owner
 
 OPENED = "AccountOpened"
 DEPOSITED = "FundsDeposited"
 WITHDRAWN = "FundsWithdrawn"
+OWNER_ASSIGNED = "OwnerAssigned"
+#: The event types that say who owns the account.
+_OWNING = frozenset({OPENED, OWNER_ASSIGNED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +41,7 @@ class Account:
     version: int = 0
     opened_at: str | None = None
     updated_at: str | None = None
+    owner: Owner | None = None
 
     @property
     def exists(self) -> bool:
@@ -45,10 +52,11 @@ class Account:
 
 @dataclass(frozen=True, slots=True)
 class AccountOpened:
+    owner: Owner | None = None
     type: ClassVar[str] = OPENED
 
     def data(self) -> EventData:
-        return {}
+        return {} if self.owner is None else {"owner": self.owner.to_json()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +77,16 @@ class FundsWithdrawn:
         return {"amount_minor": self.amount_minor}
 
 
-DomainEvent = AccountOpened | FundsDeposited | FundsWithdrawn
+@dataclass(frozen=True, slots=True)
+class OwnerAssigned:
+    owner: Owner
+    type: ClassVar[str] = OWNER_ASSIGNED
+
+    def data(self) -> EventData:
+        return {"owner": self.owner.to_json()}
+
+
+DomainEvent = AccountOpened | FundsDeposited | FundsWithdrawn | OwnerAssigned
 
 
 def apply(account: Account, event: DomainEvent, version: int, at: str) -> Account:
@@ -85,21 +102,24 @@ def apply_recorded(account: Account, event: RecordedEvent) -> Account:
 def _evolve(account: Account, event_type: str, data: EventData, version: int, at: str) -> Account:
     balance = _step(account.id, account.balance, account.version, event_type, data, version)
     opened_at = at if event_type == OPENED else account.opened_at
-    return Account(account.id, balance, version, opened_at, at)
+    owner = _owner(account.id, event_type, data) if event_type in _OWNING else account.owner
+    return Account(account.id, balance, version, opened_at, at, owner)
 
 
 def rebuild(account_id: str, events: Iterable[RecordedEvent], start: Account | None = None) -> Account:
     """The account after ``events``, folded onto ``start`` (a snapshot) or onto nothing."""
     # The hot path of every request: a plain loop over locals, one Account at the end (not one per event).
     balance, version = (start.balance, start.version) if start else (0, 0)
-    opened_at, updated_at = (start.opened_at, start.updated_at) if start else (None, None)
+    opened_at, updated_at, owner = (start.opened_at, start.updated_at, start.owner) if start else (None, None, None)
     for event in events:
         balance = _step(account_id, balance, version, event.type, event.data, event.version)
         if version == 0:
             opened_at = event.recorded_at
+        if event.type in _OWNING:
+            owner = _owner(account_id, event.type, event.data)
         version = event.version
         updated_at = event.recorded_at
-    return Account(account_id, balance, version, opened_at, updated_at)
+    return Account(account_id, balance, version, opened_at, updated_at, owner)
 
 
 def _step(account_id: str, balance: int, version: int, event_type: str, data: EventData, new_version: int) -> int:
@@ -117,17 +137,33 @@ def _step(account_id: str, balance: int, version: int, event_type: str, data: Ev
         if version != 0:
             raise CorruptHistory(f"account {account_id}: opened twice")
         return 0
+    if event_type == OWNER_ASSIGNED:
+        if version == 0:
+            raise CorruptHistory(f"account {account_id}: {event_type} before {OPENED}")
+        return balance
     raise CorruptHistory(f"account {account_id}: unknown event type {event_type!r}")
+
+
+def _owner(account_id: str, event_type: str, data: EventData) -> Owner | None:
+    raw = data.get("owner")
+    if raw is None and event_type == OPENED:
+        return None  # opened before accounts had owners
+    if not isinstance(raw, dict) or not isinstance(raw.get("iss"), str) or not isinstance(raw.get("sub"), str):
+        raise CorruptHistory(f"account {account_id}: {event_type} with a malformed owner")
+    return Owner(raw["iss"], raw["sub"])
 
 
 # --- commands: each decides one domain event against the current state ---
 
 @dataclass(frozen=True, slots=True)
 class OpenAccount:
+    #: Who opens it (None: nobody was asked, AUTH_MODE=none).
+    owner: Owner | None = None
+
     def decide(self, account: Account) -> AccountOpened:
         if account.exists:
             raise AccountAlreadyExists(f"account {account.id} already exists")
-        return AccountOpened()
+        return AccountOpened(self.owner)
 
     def fingerprint(self) -> str:
         return "open"
@@ -166,12 +202,27 @@ class Withdraw:
         return f"withdraw:{self.amount}"
 
 
-Command = OpenAccount | Deposit | Withdraw
+@dataclass(frozen=True, slots=True)
+class AssignOwner:
+    """An administrator gives the account to ``owner`` (the way accounts opened before owners existed get
+    one). Nothing is decided when it already has that owner."""
+
+    owner: Owner
+
+    def decide(self, account: Account) -> OwnerAssigned | None:
+        _require_open(account)
+        return None if account.owner == self.owner else OwnerAssigned(self.owner)
+
+    def fingerprint(self) -> str:
+        return f"owner:{len(self.owner.issuer)}:{self.owner.issuer}:{self.owner.subject}"
+
+
+Command = OpenAccount | Deposit | Withdraw | AssignOwner
 
 
 def amount_of(event: DomainEvent) -> int | None:
     """The money an event moved, if any."""
-    return None if isinstance(event, AccountOpened) else event.amount_minor
+    return event.amount_minor if isinstance(event, FundsDeposited | FundsWithdrawn) else None
 
 
 def _require_open(account: Account) -> None:

@@ -11,6 +11,7 @@ from shared.config import Settings
 from shared.errors import IdempotencyKeyRequired
 from shared.http import ApiRequest, ProxyResponse, json_response
 from shared.money import parse_amount
+from shared.principal import Authenticator
 from shared.representations import command_headers, movement_body
 from shared.service import AccountService, CommandContext
 
@@ -25,15 +26,16 @@ class Dependencies:
 
     settings: Settings
     service_provider: Callable[[], AccountService]
+    authenticator: Authenticator
 
     @property
     def service(self) -> AccountService:
         return self.service_provider()
 
 
-def body_fields(request: ApiRequest, settings: Settings, *names: str) -> list[object]:
+def body_fields(request: ApiRequest, settings: Settings, *names: str, optional: tuple[str, ...] = ()) -> list[object]:
     body = request.json_object(settings.max_body_bytes)
-    return validation.fields(body, names)
+    return validation.fields(body, names, optional)
 
 
 def path_account_id(request: ApiRequest) -> str:
@@ -48,6 +50,7 @@ def command_context(request: ApiRequest, settings: Settings) -> CommandContext:
             "lost, retrying with the same key is safe, and without one nothing can tell a retry from a new request")
     return CommandContext(
         request_id=request.request_id,
+        actor=request.principal,
         correlation_id=validation.correlation_id(request.header("x-correlation-id")),
         idempotency_key=key,
         if_match=validation.if_match(request.header("if-match")),

@@ -98,6 +98,99 @@ class GatewaySettings:
     trust_request_id: bool = False
 
 
+#: Signature algorithms a token may use: asymmetric only, so no verifier ever holds a secret that could sign.
+ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+_UNCONFIGURED = ("authentication is not configured: set AUTH_ISSUER and AUTH_AUDIENCE (optionally AUTH_JWKS_URL, "
+                 "AUTH_ALGORITHMS) to accept that issuer's bearer tokens, or AUTH_MODE=none to serve every caller "
+                 "as an administrator (development and tests only)")
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """Who may call the API: bearer JWTs of one OIDC issuer (``jwt``), or nobody is asked (``none``)."""
+
+    mode: str = "jwt"
+    issuer: str = ""
+    audience: str = ""
+    #: Where the issuer publishes its keys; empty: from its /.well-known/openid-configuration.
+    jwks_url: str = ""
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+    #: Clock skew tolerated on exp, nbf and iat.
+    leeway_seconds: int = 30
+    #: Least time between two fetches of the key set forced by tokens with an unknown key id, so a flood of
+    #: made-up key ids cannot turn into a flood of requests to the identity provider.
+    jwks_cooldown_seconds: float = 30.0
+    #: What the identity provider puts before the API's scope names (a Cognito resource server's identifier
+    #: and a slash, say): tokens then carry <prefix>accounts:read, and so on.
+    scope_prefix: str = ""
+
+
+def load_auth_settings(environ: Mapping[str, str] | None = None) -> AuthSettings:
+    """Secure by default: with no AUTH_* variable at all this refuses, instead of serving an open API."""
+    env = os.environ if environ is None else environ
+    defaults = AuthSettings()
+    mode = (_raw(env, "AUTH_MODE") or "").lower()
+    issuer = _raw(env, "AUTH_ISSUER")
+    if mode == "none":
+        if issuer is not None:
+            raise ConfigError("AUTH_MODE=none turns authentication off, but AUTH_ISSUER is set: unset one of them")
+        return AuthSettings(mode="none")
+    if mode not in ("", "jwt"):
+        raise ConfigError(f"AUTH_MODE must be jwt or none, got {mode[:40]!r}")
+    if issuer is None:
+        raise ConfigError(_UNCONFIGURED)
+    audience = _raw(env, "AUTH_AUDIENCE")
+    if audience is None:
+        raise ConfigError("AUTH_AUDIENCE must be set with AUTH_ISSUER: the audience (or, for Cognito access tokens, "
+                          "the app client id) that tokens for this API carry")
+    if not re.fullmatch(r"[\x21-\x7e]{1,256}", audience):
+        raise ConfigError("AUTH_AUDIENCE must be 1-256 visible ASCII characters")
+    jwks_url = _raw(env, "AUTH_JWKS_URL")
+    return AuthSettings(
+        mode="jwt",
+        issuer=issuer_url(issuer, "AUTH_ISSUER"),
+        audience=audience,
+        jwks_url=issuer_url(jwks_url, "AUTH_JWKS_URL") if jwks_url else "",
+        algorithms=_algorithms(env, defaults.algorithms),
+        leeway_seconds=_number(env, "AUTH_LEEWAY_SECONDS", defaults.leeway_seconds, int, 0, 300),
+        jwks_cooldown_seconds=_number(env, "AUTH_JWKS_COOLDOWN_SECONDS", defaults.jwks_cooldown_seconds, float,
+                                      0.0, 3_600.0),
+        scope_prefix=_matching(env, "AUTH_SCOPE_PREFIX", "", _SCOPE_PREFIX, "1-200 visible ASCII characters"),
+    )
+
+
+_SCOPE_PREFIX = re.compile(r"[\x21-\x7e]{1,200}")
+
+
+_LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+
+
+def issuer_url(raw: str, name: str) -> str:
+    """An https URL; plain http only on loopback (a local issuer), where nothing travels over a network."""
+    try:
+        parts = urlsplit(raw)
+        host = parts.hostname
+    except ValueError:
+        raise ConfigError(f"{name} is not a valid URL") from None
+    if parts.scheme == "https" and host:
+        return raw
+    if parts.scheme == "http" and host in _LOOPBACK:
+        return raw
+    raise ConfigError(f"{name} must be an https:// URL (http:// only on localhost), got {raw[:120]!r}")
+
+
+def _algorithms(env: Mapping[str, str], default: tuple[str, ...]) -> tuple[str, ...]:
+    raw = _raw(env, "AUTH_ALGORITHMS")
+    if raw is None:
+        return default
+    chosen = tuple(item.strip() for item in raw.split(",") if item.strip())
+    wrong = [item for item in chosen if item not in ASYMMETRIC_ALGORITHMS]
+    if wrong or not chosen:
+        raise ConfigError(f"AUTH_ALGORITHMS must be a comma-separated list of {', '.join(ASYMMETRIC_ALGORITHMS)} "
+                          f"(asymmetric algorithms only), got {raw[:80]!r}")
+    return chosen
+
+
 def usable_cores() -> int:
     """Cores this process may use: its CPU affinity (which a container's cpuset narrows), not the host's count.
     A CPU quota (``docker run --cpus``) is not visible here; set WEB_CONCURRENCY there."""
@@ -157,6 +250,8 @@ class DevSettings:
     projector_health_port: int = 8081
     state_dir: Path = Path(".devstack")
     cluster_port: int = 7000
+    #: The local identity provider (discovery document and key set) that the API trusts under make run.
+    issuer_port: int = 8083
 
 
 def load_dev_settings(environ: Mapping[str, str] | None = None) -> DevSettings:
@@ -170,6 +265,7 @@ def load_dev_settings(environ: Mapping[str, str] | None = None) -> DevSettings:
         projector_health_port=_number(env, "PROJECTOR_HEALTH_PORT", defaults.projector_health_port, int, 0, 65_535),
         state_dir=Path(_raw(env, "DEV_STATE_DIR") or defaults.state_dir).resolve(),
         cluster_port=_number(env, "DEV_CLUSTER_PORT", defaults.cluster_port, int, 1, 55_533),
+        issuer_port=_number(env, "DEV_ISSUER_PORT", defaults.issuer_port, int, 1, 65_535),
     )
 
 

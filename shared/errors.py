@@ -90,6 +90,42 @@ class MethodNotAllowed(RequestError):
     title = "Method not allowed on this route"
 
 
+class AuthenticationError(LedgerError):
+    """The request does not prove who sent it (401, with a ``WWW-Authenticate`` challenge)."""
+
+    code = "unauthenticated"
+    title = "Authentication required"
+
+
+class MissingToken(AuthenticationError):
+    code = "unauthenticated"
+    title = "Authentication required"
+
+
+class InvalidToken(AuthenticationError):
+    """A bearer token was sent and refused. The detail says which check failed, never what the token holds."""
+
+    code = "invalid-token"
+    title = "The bearer token is not valid"
+
+
+class InsufficientScope(LedgerError):
+    code = "insufficient-scope"
+    title = "The token does not allow this request"
+
+    def __init__(self, detail: str, scope: str) -> None:
+        super().__init__(detail)
+        self.scope = scope
+
+
+class AuthUnavailable(LedgerError):
+    """The identity provider's keys are needed and cannot be fetched: the token may be good, so this is a
+    503 to retry, never a 401 and never a request let through."""
+
+    code = "auth-unavailable"
+    title = "The identity provider cannot be reached"
+
+
 class DomainError(LedgerError):
     code = "domain-error"
     title = "Business rule violated"

@@ -18,11 +18,15 @@ class Metadata(NamedTuple):
     correlation_id: str
     causation_id: str
     idempotency_key: str | None = None
+    #: Who caused the event (the audit trail): issuer, subject, and the token's client_id and jti if any.
+    actor: dict[str, str] | None = None
 
     def to_json(self) -> bytes:
-        body: dict[str, str] = {"correlation_id": self.correlation_id, "causation_id": self.causation_id}
+        body: dict[str, object] = {"correlation_id": self.correlation_id, "causation_id": self.causation_id}
         if self.idempotency_key is not None:
             body["idempotency_key"] = self.idempotency_key
+        if self.actor is not None:
+            body["actor"] = self.actor
         return orjson.dumps(body)
 
 
@@ -53,6 +57,6 @@ class RecordedEvent(NamedTuple):
     metadata_json: str = "{}"
 
     @property
-    def metadata(self) -> dict[str, str]:
-        decoded: dict[str, str] = orjson.loads(self.metadata_json)
+    def metadata(self) -> dict[str, Any]:
+        decoded: dict[str, Any] = orjson.loads(self.metadata_json)
         return decoded

@@ -1,7 +1,8 @@
 """API Gateway (REST, v1) proxy events in, proxy responses out, and the one error -> HTTP table.
 
-``serve`` wraps every route: it parses the event, runs the route, maps ``LedgerError`` subclasses to
-RFC 9457 problem responses and turns anything unexpected into a bare 500 (logged, never shown).
+``serve`` wraps every route: it parses the event, authenticates the caller and checks the scope the method
+needs (so no route can forget either), runs the route, maps ``LedgerError`` subclasses to RFC 9457 problem
+responses and turns anything unexpected into a bare 500 (logged, never shown).
 """
 
 from __future__ import annotations
@@ -13,14 +14,16 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from decimal import Decimal
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import orjson
 
 from shared import errors
 from shared.clock import new_id
+from shared.config import ConfigError
 from shared.errors import LedgerError
 from shared.logs import FieldsRecord
+from shared.principal import NOBODY, SCOPE_BY_METHOD, WRITE, Authenticator, Principal, require_scope
 
 log = logging.getLogger("ledgerstream.http")
 
@@ -35,6 +38,9 @@ RETRY_AFTER_SECONDS = "1"
 #: entry gets its parent's status.
 STATUS_BY_ERROR: dict[type[LedgerError], int] = {
     errors.RequestError: 400,
+    errors.AuthenticationError: 401,
+    errors.InsufficientScope: 403,
+    errors.AuthUnavailable: 503,
     errors.RouteNotFound: 404,
     errors.MethodNotAllowed: 405,
     errors.PayloadTooLarge: 413,
@@ -72,6 +78,8 @@ class ApiRequest(NamedTuple):
     request_id: str
     #: Query parameters given more than once (API Gateway keeps only the last in ``query``).
     query_repeats: frozenset[str] = frozenset()
+    #: Who sent it, once ``serve`` has authenticated it (until then: nobody, with no scope).
+    principal: Principal = NOBODY
 
     @classmethod
     def from_event(cls, event: ProxyEvent) -> ApiRequest:
@@ -100,6 +108,10 @@ class ApiRequest(NamedTuple):
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
+
+    def by(self, principal: Principal) -> ApiRequest:
+        """This request, sent by ``principal`` (what ``_replace`` does, without walking the fields in Python)."""
+        return tuple.__new__(ApiRequest, (*self[:-1], principal))
 
     def json_object(self, max_bytes: int) -> dict[str, Any]:
         """The body as a JSON object, numbers as ``int``/``Decimal`` (never ``float``)."""
@@ -214,16 +226,41 @@ def problem_response(error: LedgerError, request: ApiRequest | None = None, path
         headers["X-Request-Id"] = request_id
     if status == 503:
         headers["Retry-After"] = RETRY_AFTER_SECONDS
+    challenge = _challenge(error)
+    if challenge is not None:
+        headers["WWW-Authenticate"] = challenge
     return {"statusCode": status, "headers": headers, "body": orjson.dumps(body).decode(),
             "isBase64Encoded": False}
 
 
-Deps = TypeVar("Deps")
+def _challenge(error: LedgerError) -> str | None:
+    """RFC 6750's ``WWW-Authenticate`` for an answer about the bearer token: a bare challenge when none was
+    sent, ``invalid_token`` when it was refused, ``insufficient_scope`` (with the scope) when it lacks one."""
+    if isinstance(error, errors.InvalidToken):
+        return 'Bearer error="invalid_token"'
+    if isinstance(error, errors.AuthenticationError):
+        return "Bearer"
+    if isinstance(error, errors.InsufficientScope):
+        return f'Bearer error="insufficient_scope", scope="{error.scope}"'
+    return None
+
+
+class Authenticating(Protocol):
+    """What ``serve`` needs of a route's dependencies: who to ask about a request's caller."""
+
+    @property
+    def authenticator(self) -> Authenticator: ...
+
+
+Deps = TypeVar("Deps", bound=Authenticating)
 RouteHandler = Callable[[ApiRequest, Deps], ProxyResponse]
 
 
 def serve(event: ProxyEvent, route: RouteHandler[Deps], dependencies: Callable[[], Deps]) -> ProxyResponse:
     """Run one route for one API Gateway event. Never raises; never leaks a stack trace.
+
+    The caller is authenticated, and the scope the method needs checked, before the route runs: a route
+    receives its request with ``principal`` set, and never runs for a caller without a valid token.
 
     ``dependencies`` is called inside the error handling, so wiring that fails (Redis unreachable while the
     client is built) is answered like any other failure, with a problem response.
@@ -233,7 +270,11 @@ def serve(event: ProxyEvent, route: RouteHandler[Deps], dependencies: Callable[[
     code = "ok"
     try:
         request = ApiRequest.from_event(event)
-        response = route(request, dependencies())
+        deps = dependencies()
+        principal = deps.authenticator.authenticate(request.headers.get("authorization"))
+        request = request.by(principal)
+        require_scope(principal, SCOPE_BY_METHOD.get(request.method, WRITE))
+        response = route(request, deps)
     except LedgerError as exc:
         code = exc.code
         response = problem_response(exc, request)
@@ -245,6 +286,10 @@ def serve(event: ProxyEvent, route: RouteHandler[Deps], dependencies: Callable[[
                 "cause": None if cause is None else f"{type(cause).__name__}: {cause}"[:300]}})
         elif status >= 500:
             log.error("request failed: %s: %s", exc.code, exc.detail, exc_info=exc.__cause__ is not None)
+    except ConfigError as exc:  # a process that should not have started: say why, once per request
+        code = "internal-error"
+        log.error("the service is not configured: %s", exc)
+        response = problem_response(errors.LedgerError("not configured"), request)
     except Exception:
         code = "internal-error"
         log.exception("unhandled error")
@@ -262,6 +307,8 @@ def _log_request(request: ApiRequest | None, response: ProxyResponse, code: str,
         "method": request.method if request else None,
         "path": request.path if request else None,
         "account_id": request.path_parameters.get("id") if request else None,
+        # The caller's subject only: never the token, never its other claims.
+        "subject": request.principal.subject or None if request else None,
         "status": response["statusCode"],
         "code": code,
         "duration_ms": round((time.perf_counter() - started) * 1000, 3),

@@ -7,6 +7,7 @@ from typing import Any
 from shared.account import Account
 from shared.events import RecordedEvent
 from shared.money import format_minor
+from shared.principal import Owner
 from shared.service import CommandResult
 
 
@@ -21,7 +22,16 @@ def account_body(account: Account) -> dict[str, Any]:
         "version": account.version,
         "opened_at": account.opened_at,
         "updated_at": account.updated_at,
+        "owner": owner_json(account.owner),
     }
+
+
+def owner_json(owner: Owner | None) -> dict[str, str] | None:
+    return None if owner is None else {"issuer": owner.issuer, "subject": owner.subject}
+
+
+def owner_body(result: CommandResult, owner: Owner) -> dict[str, Any]:
+    return {"id": result.account_id, "owner": owner_json(owner), "version": result.version}
 
 
 def created_body(result: CommandResult) -> dict[str, Any]:

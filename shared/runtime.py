@@ -13,11 +13,12 @@ from functools import cache
 import redis
 from redis.exceptions import RedisClusterException
 
-from shared import logs
+from shared import auth, logs
 from shared.api import Dependencies
-from shared.config import Settings, load_settings
+from shared.config import AuthSettings, Settings, load_auth_settings, load_settings
 from shared.errors import StoreUnavailable
 from shared.keys import KeySpace
+from shared.principal import Authenticator
 from shared.redis_client import build_client, unavailable_as_store_error
 from shared.redis_client import check_ready as redis_client_check_ready
 from shared.redis_store import RedisEventStore
@@ -29,6 +30,17 @@ def settings() -> Settings:
     loaded = load_settings()
     logs.configure(loaded.log_level)
     return loaded
+
+
+@cache
+def auth_settings() -> AuthSettings:
+    """Who may call the API; refuses (ConfigError) when nothing says, rather than serving an open API."""
+    return load_auth_settings()
+
+
+@cache
+def authenticator() -> Authenticator:
+    return auth.authenticator(auth_settings())
 
 
 @cache
@@ -60,12 +72,14 @@ def service() -> AccountService:
 
 @cache
 def dependencies() -> Dependencies:
-    return Dependencies(settings(), service)
+    return Dependencies(settings(), service, authenticator())
 
 
 def reset() -> None:
     """Forget the wiring (tests change the environment between cases)."""
     settings.cache_clear()
+    auth_settings.cache_clear()
+    authenticator.cache_clear()
     keys.cache_clear()
     redis_client.cache_clear()
     service.cache_clear()

@@ -3,6 +3,10 @@
 On a version conflict the command is re-decided against fresh state (so the business rule is checked
 again), a bounded number of times with jittered back-off. An idempotency key is checked before deciding,
 so a retried withdrawal of the whole balance replays its first answer instead of failing.
+
+Every operation first asks whether the caller reaches the account (``principal.authorize``), before it
+replays, decides or reads: a caller who does not is answered as for a missing account, and never sees a
+replayed answer that was someone else's.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import NamedTuple
 import orjson
 
 from shared import account
-from shared.account import Account, Command, DomainEvent
+from shared.account import Account, Command, DomainEvent, OpenAccount
 from shared.clock import new_id, utc_now
 from shared.errors import AccountNotFound, IdempotencyKeyReused, OutcomeUnknown, StoreUnavailable, VersionConflict
 from shared.event_store import (
@@ -32,12 +36,14 @@ from shared.event_store import (
 )
 from shared.events import Metadata, NewEvent, RecordedEvent
 from shared.preconditions import IfMatch
+from shared.principal import Principal, authorize
 
 
 class CommandContext(NamedTuple):
-    """Where a command came from, and the client's conditions on it."""
+    """Where a command came from (who sent it, in which request), and the client's conditions on it."""
 
     request_id: str
+    actor: Principal
     correlation_id: str | None = None
     idempotency_key: str | None = None
     if_match: IfMatch | None = None
@@ -78,22 +84,20 @@ class AccountService:
         self._sleep = sleep
         self._new_id = new_id
 
-    def get(self, account_id: str) -> Account:
+    def get(self, account_id: str, actor: Principal) -> Account:
         loaded = self._store.load(account_id)
         state = account.rebuild(account_id, loaded.events, loaded.snapshot)
-        if not state.exists:
-            raise AccountNotFound(f"account {account_id} does not exist")
+        authorize(actor, account_id, state.owner, state.exists)
         return state
 
-    def events(self, account_id: str, after_version: int, limit: int) -> list[RecordedEvent]:
-        events = self._store.read(account_id, after_version, limit)
-        if not events and not self._store.read(account_id, 0, 1):
-            raise AccountNotFound(f"account {account_id} does not exist")
-        return events
+    def events(self, account_id: str, after_version: int, limit: int, actor: Principal) -> list[RecordedEvent]:
+        self.get(account_id, actor)  # who owns it is in its history: fold that first, then read the page
+        return self._store.read(account_id, after_version, limit)
 
     def execute(self, account_id: str, command: Command, context: CommandContext) -> CommandResult:
         # Fingerprints exist only to compare a retry with its original, so only requests with a key pay.
-        fingerprint = _fingerprint(account_id, command) if context.idempotency_key is not None else ""
+        fingerprint = (_fingerprint(account_id, command, context.actor)
+                       if context.idempotency_key is not None else "")
         # One event id for every attempt: if an append's reply is lost and Redis did apply it, the next
         # load finds this id in the history and we answer with that outcome instead of appending again.
         event_id = self._new_id()
@@ -103,6 +107,8 @@ class AccountService:
         conflicts = 0
         while True:
             loaded = self._load(account_id, command, context, unsure, deadline)
+            state = account.rebuild(account_id, loaded.events, loaded.snapshot)
+            _authorize(state, command, context)
             if loaded.idempotency is not None:
                 return self._durable(account_id, _replay(loaded.idempotency, fingerprint, context), command,
                                      context, deadline)
@@ -111,22 +117,18 @@ class AccountService:
                 if landed is not None:
                     return self._durable(account_id, landed, command, context, deadline)
             unsure = False
-            state = account.rebuild(account_id, loaded.events, loaded.snapshot)
             if context.if_match is not None:
                 context.if_match.check(state)
-            decided: DomainEvent = command.decide(state)
+            decided: DomainEvent | None = command.decide(state)
+            if decided is None:  # nothing to change (an owner assigned again): the state as it is
+                return CommandResult(account_id, state.balance, state.version)
             at = self._clock()
             after = account.apply(state, decided, state.version + 1, at)
             result = CommandResult(account_id, after.balance, after.version, account.amount_of(decided))
-            event = NewEvent(
-                type=decided.type, account_id=account_id, data=decided.data(), event_id=event_id, recorded_at=at,
-                metadata=Metadata(correlation_id=context.correlation_id or context.request_id,
-                                  causation_id=context.request_id, idempotency_key=context.idempotency_key),
-            )
-            idempotency = None
-            if context.idempotency_key is not None:
-                idempotency = IdempotencyWrite(context.idempotency_key,
-                                               IdempotencyRecord(fingerprint, result.to_json()))
+            event = NewEvent(type=decided.type, account_id=account_id, data=decided.data(), event_id=event_id,
+                             recorded_at=at, metadata=_metadata(context))
+            idempotency = None if context.idempotency_key is None else IdempotencyWrite(
+                context.idempotency_key, IdempotencyRecord(fingerprint, result.to_json()))
             expected = state.version
             try:
                 outcome = self._store.append(account_id, state.version, [event], idempotency,
@@ -208,11 +210,33 @@ class AccountService:
         self._sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
 
 
-def _fingerprint(account_id: str, command: Command) -> str:
-    return hashlib.sha256(f"{account_id}\n{command.fingerprint()}".encode()).hexdigest()
+def _authorize(state: Account, command: Command, context: CommandContext) -> None:
+    """``principal.authorize`` for a command: a caller who does not reach the account gets what a missing
+    account answers, the 412 of an If-Match that cannot match included."""
+    try:
+        authorize(context.actor, state.id, state.owner, state.exists, isinstance(command, OpenAccount))
+    except AccountNotFound:
+        if context.if_match is not None:
+            context.if_match.check(Account(state.id))
+        raise
 
 
-_NAMES = {"OpenAccount": "account opening", "Deposit": "deposit", "Withdraw": "withdrawal"}
+def _metadata(context: CommandContext) -> Metadata:
+    return Metadata(correlation_id=context.correlation_id or context.request_id, causation_id=context.request_id,
+                    idempotency_key=context.idempotency_key, actor=context.actor.actor)
+
+
+def _fingerprint(account_id: str, command: Command, actor: Principal) -> str:
+    """What a retry must repeat to be replayed: the account, the command and, when callers are known, who sent
+    it (another principal reusing a key gets a 422, never the first caller's answer)."""
+    text = f"{account_id}\n{command.fingerprint()}"
+    if actor.authenticated:
+        text += f"\n{actor.owner.issuer}\n{actor.owner.subject}"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+_NAMES = {"OpenAccount": "account opening", "Deposit": "deposit", "Withdraw": "withdrawal",
+          "AssignOwner": "owner assignment"}
 
 
 def _unknown(command: Command, account_id: str, context: CommandContext, why: str, stored: bool = False) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 
-from shared.errors import InvalidAccountId, InvalidBody, InvalidHeader, InvalidQuery, MissingField
+from shared.errors import InvalidAccountId, InvalidBody, InvalidField, InvalidHeader, InvalidQuery, MissingField
 from shared.preconditions import IfMatch
 
 #: Letters, digits, '.', '_' and '-', starting with a letter or digit, at most 64 characters. The set
@@ -13,6 +13,8 @@ from shared.preconditions import IfMatch
 ACCOUNT_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 #: Visible ASCII, 1 to 255 characters (UUIDs, ULIDs and most client-generated keys fit).
 IDEMPOTENCY_KEY_PATTERN = re.compile(r"[\x21-\x7e]{1,255}")
+#: An identity provider's names (issuers, subjects, client and token ids): visible ASCII, 1 to 255 characters.
+IDENTITY_TEXT_PATTERN = re.compile(r"[\x21-\x7e]{1,255}")
 _CORRELATION_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _ETAG = re.compile(r'\s*(W/)?"?([0-9]{1,18})"?\s*')
 DEFAULT_PAGE_SIZE = 100
@@ -87,12 +89,20 @@ def _query_int(query: Mapping[str, str], name: str, default: int, low: int, high
     return int(raw)
 
 
-def fields(body: Mapping[str, object], required: tuple[str, ...]) -> list[object]:
-    """The required fields of a JSON object body, in order; unknown fields are refused (typos lose money)."""
-    unknown = set(body) - set(required)
+def fields(body: Mapping[str, object], required: tuple[str, ...], optional: tuple[str, ...] = ()) -> list[object]:
+    """The required, then the optional fields of a JSON object body, in order (None for an optional one that
+    is absent); unknown fields are refused (typos lose money)."""
+    unknown = set(body) - set(required) - set(optional)
     if unknown:
-        raise InvalidBody(f"unknown field {sorted(unknown)[0][:80]!r}; expected {', '.join(required)}")
+        raise InvalidBody(f"unknown field {sorted(unknown)[0][:80]!r}; expected {', '.join(required + optional)}")
     missing = [name for name in required if name not in body]
     if missing:
         raise MissingField(f"field {missing[0]!r} is required")
-    return [body[name] for name in required]
+    return [body[name] for name in required] + [body.get(name) for name in optional]
+
+
+def identity_text(value: object, name: str) -> str:
+    """An issuer or a subject named in a request body."""
+    if not isinstance(value, str) or not IDENTITY_TEXT_PATTERN.fullmatch(value):
+        raise InvalidField(f"{name} must be 1-255 visible ASCII characters")
+    return value

@@ -37,6 +37,19 @@ from tests.support.targets import RedisTarget, delete_keys
 LOCAL_DEFAULT_URL = "redis://127.0.0.1:6379/15"
 
 
+def _no_authentication_unless_asked() -> None:
+    """The service refuses to start without authentication settings. Tests that are not about
+    authentication run, as the README says they may, with AUTH_MODE=none, and the processes they start
+    inherit it; the tests about authentication (tests/integration/test_authorization.py and the others that
+    start an issuer) set their own AUTH_* variables, so whatever a developer's shell holds cannot leak in."""
+    for name in [n for n in os.environ if n.startswith("AUTH_")]:
+        del os.environ[name]
+    os.environ["AUTH_MODE"] = "none"
+
+
+_no_authentication_unless_asked()
+
+
 def _in_ci() -> bool:
     return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 

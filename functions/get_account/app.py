@@ -12,7 +12,7 @@ from shared.representations import account_body, etag
 
 def handle(request: ApiRequest, deps: Dependencies) -> ProxyResponse:
     account_id = api.path_account_id(request)
-    account = deps.service.get(account_id)
+    account = deps.service.get(account_id, request.principal)
     return json_response(200, account_body(account), etag(account.version))
 
 

@@ -13,7 +13,7 @@ from shared.representations import event_body
 def handle(request: ApiRequest, deps: Dependencies) -> ProxyResponse:
     account_id = api.path_account_id(request)
     after, limit = validation.page(request.query, request.query_repeats)
-    events = deps.service.events(account_id, after, limit)
+    events = deps.service.events(account_id, after, limit, request.principal)
     next_after = events[-1].version if len(events) == limit else None
     body = {"id": account_id, "events": [event_body(e) for e in events], "next_after": next_after}
     return json_response(200, body)

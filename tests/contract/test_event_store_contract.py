@@ -24,6 +24,7 @@ from shared.event_store import (
 )
 from shared.events import Metadata, NewEvent, RecordedEvent
 from shared.keys import KeySpace
+from shared.principal import Owner
 from shared.redis_store import RedisEventStore
 from shared.stream_codec import decode_entries
 from tests.fakes import InMemoryEventStore
@@ -181,6 +182,13 @@ class EventStoreContract:
         loaded = store.load("acc-1")
         assert (loaded.snapshot, loaded.events) == (Account("acc-1", 200, 3), [])
 
+    def test_a_snapshot_keeps_the_owner(self, store: EventStore) -> None:
+        alice = Owner("https://issuer.test", "alice")
+        store.append("acc-1", 0, history("acc-1", 2), snapshot=Account("acc-1", 100, 2, owner=alice))
+        assert store.load("acc-1").snapshot == Account("acc-1", 100, 2, owner=alice)
+        store.append("acc-1", 2, [new_event("acc-1")], snapshot=Account("acc-1", 200, 3))
+        assert store.load("acc-1").snapshot == Account("acc-1", 200, 3)  # and that nobody owns it
+
     def test_a_conflicting_append_stores_no_snapshot(self, store: EventStore) -> None:
         store.append("acc-1", 0, history("acc-1", 1))
         assert store.append("acc-1", 0, [new_event("acc-1")], snapshot=Account("acc-1", 100, 1)) == Conflict(1)
@@ -224,6 +232,16 @@ class RedisContract(EventStoreContract):
 
     client: redis.Redis
 
+
+    def test_a_snapshot_from_before_owners_is_not_used(self, store: EventStore) -> None:
+        """It cannot say who owns the account: the load folds the whole stream instead."""
+        events = history("acc-1", 3)
+        store.append("acc-1", 0, events, snapshot=Account("acc-1", 200, 3))
+        key = self.keys.snapshot("acc-1")
+        self.client.hset(key, "state", b'{"version":3,"balance":200,"opened_at":null,"updated_at":null}')
+        loaded = store.load("acc-1")
+        assert loaded.snapshot is None
+        assert [e.event_id for e in loaded.events] == [e.event_id for e in events]
 
     def test_a_flushed_script_cache_is_loaded_again(self, store: EventStore) -> None:
         """A restarted or newly promoted Redis has no scripts: the next call loads them and carries on."""

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from devstack import invoke
+from devstack.issuer import LOCAL_AUDIENCE, IssuerServer, LocalIssuer, SigningKey
 from shared import runtime
 from shared.keys import KeySpace
 
@@ -68,3 +69,22 @@ def test_cluster_mode_reaches_the_functions() -> None:
     assert (env["REDIS_CLUSTER"], env["REDIS_CLUSTER_NODES"]) == ("true", "node-2:6379,node-3:6379")
     _, _, plain = invoke.resolve("DepositFunction", invoke.ROOT / "template.yaml", {})
     assert plain["REDIS_CLUSTER"] == "false" and "REDIS_CLUSTER_NODES" not in plain
+
+
+def test_the_functions_check_the_token_given_with_token(capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    issuer = LocalIssuer("http://127.0.0.1", [SigningKey.generate("ES256")])
+    with IssuerServer(issuer) as server:
+        issuer.url = f"http://127.0.0.1:{server.port}"
+        monkeypatch.delenv("AUTH_MODE")
+        monkeypatch.setenv("AUTH_ISSUER", issuer.url)
+        monkeypatch.setenv("AUTH_AUDIENCE", LOCAL_AUDIENCE)
+        runtime.reset()
+        assert invoke.main(["CreateAccountFunction", "events/create_account.json"]) == 0
+        assert json.loads(capsys.readouterr().out)["statusCode"] == 401
+        token = issuer.token("carol")
+        assert invoke.main(["CreateAccountFunction", "events/create_account.json", "--token", token]) == 0
+        assert json.loads(capsys.readouterr().out)["statusCode"] == 201
+        assert invoke.main(["GetAccountFunction", "events/get_account.json", "--token", token]) == 0
+        shown = json.loads(json.loads(capsys.readouterr().out)["body"])
+        assert shown["owner"] == {"issuer": issuer.url, "subject": "carol"}

@@ -11,6 +11,7 @@ import pytest
 import yaml
 from openapi_spec_validator import validate
 
+from devstack.issuer import LOCAL_AUDIENCE, IssuerServer, LocalIssuer, SigningKey
 from gateway.routes import ROUTES
 from tests.support.gateway import live_gateway
 from tests.support.targets import RedisTarget
@@ -49,11 +50,18 @@ def test_schemathesis_against_the_live_gateway(redis_target: RedisTarget, key_pr
     st = tool("st") or tool("schemathesis")
     if st is None:
         pytest.fail("schemathesis is not installed; it is part of the dev extra")
-    settings = {**redis_target.env(), "LEDGER_KEY_PREFIX": key_prefix}
-    with live_gateway(settings) as base:
-        result = subprocess.run(
-            [st, "run", "openapi.yaml", "--url", base, "--checks", "all",
-             "--max-examples", "25", "--seed", "1", "--request-timeout", "10"],
-            cwd=ROOT, env={**os.environ, **settings}, capture_output=True, text=True, timeout=600, check=False)
+    issuer = LocalIssuer("http://127.0.0.1", [SigningKey.generate("ES256")])
+    with IssuerServer(issuer) as server:
+        issuer.url = f"http://127.0.0.1:{server.port}"
+        settings = {**redis_target.env(), "LEDGER_KEY_PREFIX": key_prefix, "AUTH_MODE": "jwt",
+                    "AUTH_ISSUER": issuer.url, "AUTH_AUDIENCE": LOCAL_AUDIENCE}
+        # An administrator's token, so every route can be exercised; schemathesis's ignored_auth check also
+        # sends each request without it and expects a 401.
+        token = issuer.token("schemathesis", ("accounts:read", "accounts:write", "accounts:admin"))
+        with live_gateway(settings) as base:
+            result = subprocess.run(
+                [st, "run", "openapi.yaml", "--url", base, "--checks", "all", "-H", f"Authorization: Bearer {token}",
+                 "--max-examples", "25", "--seed", "1", "--request-timeout", "10"],
+                cwd=ROOT, env={**os.environ, **settings}, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stdout[-5000:]
     assert " passed" in result.stdout

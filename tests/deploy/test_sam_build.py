@@ -1,5 +1,6 @@
 """`sam build`, then every handler imported from the build output the way Lambda lays it out, serving a
-request against a real Redis. This catches a layer that works in tests and breaks in Lambda."""
+request against a real Redis with a bearer token of a local issuer. This catches a layer that works in tests
+and breaks in Lambda (the token check needs PyJWT and cryptography from the layer)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from devstack.issuer import LOCAL_AUDIENCE, IssuerServer, LocalIssuer, SigningKey
 from tests.support.apigw import make_event
 from tests.support.targets import RedisTarget
 from tests.support.tools import tool
@@ -22,6 +24,7 @@ FUNCTIONS = {
     "WithdrawFunction": "withdraw",
     "GetAccountFunction": "get_account",
     "ListEventsFunction": "list_events",
+    "AssignOwnerFunction": "assign_owner",
 }
 # Lambda: the function's code is the working directory (/var/task) and layers are under /opt/python.
 # -I -S: no user site, no site-packages, so only the build output can satisfy an import.
@@ -63,14 +66,23 @@ def test_the_build_output_serves_every_route(build_dir: Path, redis_target: Redi
     layer = build_dir / "SharedLayer" / "python"
     assert (layer / "shared" / "append.lua").exists(), "the layer must keep the shared/ package folder"
     assert not (layer / "event_store.py").exists()
-    env = {**redis_target.env(), "LEDGER_KEY_PREFIX": key_prefix, "LOG_LEVEL": "WARNING", "PATH": "/usr/bin"}
-    calls = [("CreateAccountFunction", make_event("create_account", "lambda-acct"), 201),
-             ("DepositFunction", make_event("deposit", "lambda-acct", {"amount": "12.50"}), 200),
-             ("WithdrawFunction", make_event("withdraw", "lambda-acct", {"amount": "2.50"}), 200),
-             ("GetAccountFunction", make_event("get_account", "lambda-acct"), 200),
-             ("ListEventsFunction", make_event("list_events", "lambda-acct"), 200)]
-    for function, event, status in calls:
-        response = invoke(build_dir, function, event, env)
-        assert response["statusCode"] == status, (function, response)
-    final = invoke(build_dir, "GetAccountFunction", make_event("get_account", "lambda-acct"), env)
+    issuer = LocalIssuer("http://127.0.0.1", [SigningKey.generate("ES256")])
+    with IssuerServer(issuer) as server:
+        issuer.url = f"http://127.0.0.1:{server.port}"
+        env = {**redis_target.env(), "LEDGER_KEY_PREFIX": key_prefix, "LOG_LEVEL": "WARNING", "PATH": "/usr/bin",
+               "AUTH_ISSUER": issuer.url, "AUTH_AUDIENCE": LOCAL_AUDIENCE}
+        owner = {"Authorization": f"Bearer {issuer.token('carol')}"}
+        admin = {"Authorization": f"Bearer {issuer.token('ops', ('accounts:write', 'accounts:admin'))}"}
+        calls = [("CreateAccountFunction", make_event("create_account", "lambda-acct", headers=owner), 201),
+                 ("DepositFunction", make_event("deposit", "lambda-acct", {"amount": "12.50"}, headers=owner), 200),
+                 ("WithdrawFunction", make_event("withdraw", "lambda-acct", {"amount": "2.50"}, headers=owner), 200),
+                 ("GetAccountFunction", make_event("get_account", "lambda-acct", headers=owner), 200),
+                 ("ListEventsFunction", make_event("list_events", "lambda-acct", headers=owner), 200),
+                 ("AssignOwnerFunction", make_event("assign_owner", "lambda-acct", {"subject": "carol"},
+                                                    headers=admin), 200),
+                 ("GetAccountFunction", make_event("get_account", "lambda-acct"), 401)]
+        for function, event, status in calls:
+            response = invoke(build_dir, function, event, env)
+            assert response["statusCode"] == status, (function, response)
+        final = invoke(build_dir, "GetAccountFunction", make_event("get_account", "lambda-acct", headers=owner), env)
     assert json.loads(str(final["body"]))["funds"] == "10.00"

@@ -1,4 +1,4 @@
-"""template.yaml: what SAM makes of it (the auth switch, secrets policies, the layer build method)."""
+"""template.yaml: what SAM makes of it (the JWT authorizer on every route, secrets policies, the layer build)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 from cfnlint.decode import decode
 from samtranslator.translator.transform import transform
+
+from gateway.routes import ROUTES
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,22 +33,44 @@ def translated(parameters: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> d
     return result
 
 
-def _security(output: dict[str, Any]) -> set[str]:
-    [api] = [r for r in output["Resources"].values() if r["Type"] == "AWS::ApiGateway::RestApi"]
-    found = set()
-    for item in api["Properties"]["Body"]["paths"].values():
-        for operation in item.values():
-            assert "x-amazon-apigateway-integration" in operation
-            found |= {json.dumps(operation.get("security"))}
-    return found
+AUTH = {"AuthIssuer": "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_EXAMPLE", "AuthAudience": "client-1"}
 
 
-def test_api_is_open_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert _security(translated({}, monkeypatch)) == {"null"}
+def _api(output: dict[str, Any]) -> dict[str, Any]:
+    [api] = [r for r in output["Resources"].values() if r["Type"] == "AWS::ApiGatewayV2::Api"]
+    body: dict[str, Any] = api["Properties"]["Body"]
+    return body
 
 
-def test_iam_auth_is_one_parameter_away(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert _security(translated({"ApiAuth": "AWS_IAM"}, monkeypatch)) == {'[{"AWS_IAM": []}]'}
+def test_every_route_sits_behind_the_jwt_authorizer_with_its_scope(monkeypatch: pytest.MonkeyPatch) -> None:
+    body = _api(translated(AUTH, monkeypatch))
+    scopes = {}
+    for path, item in body["paths"].items():
+        for method, operation in item.items():
+            assert operation["x-amazon-apigateway-integration"]["payloadFormatVersion"] == "1.0"
+            [requirement] = operation["security"]
+            [(authorizer, [scope])] = requirement.items()
+            assert authorizer == "OidcAuthorizer"
+            scopes[method.upper(), path] = scope["Fn::Sub"]
+    assert scopes == {(r.method, r.path): "${AuthScopePrefix}" + ("accounts:admin" if r.path.endswith("/owner") else
+                                                                  "accounts:read" if r.method == "GET" else
+                                                                  "accounts:write")
+                      for r in ROUTES}
+    authorizer = body["components"]["securitySchemes"]["OidcAuthorizer"]["x-amazon-apigateway-authorizer"]
+    assert authorizer["type"] == "jwt"
+    assert authorizer["jwtConfiguration"] == {"issuer": {"Ref": "AuthIssuer"}, "audience": [{"Ref": "AuthAudience"}]}
+    assert authorizer["identitySource"] == "$request.header.Authorization"
+
+
+def test_the_functions_verify_tokens_of_the_same_issuer_themselves() -> None:
+    template, _ = decode(str(ROOT / "template.yaml"))
+    assert template is not None
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert variables["AUTH_ISSUER"] == {"Ref": "AuthIssuer"}
+    assert variables["AUTH_AUDIENCE"] == {"Ref": "AuthAudience"}
+    assert "AUTH_MODE" not in variables  # no way to deploy without authentication
+    parameters = template["Parameters"]
+    assert "Default" not in parameters["AuthIssuer"] and "Default" not in parameters["AuthAudience"]
 
 
 def test_layer_keeps_the_package_folder_and_functions_trace(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -54,6 +78,6 @@ def test_layer_keeps_the_package_folder_and_functions_trace(monkeypatch: pytest.
     assert template is not None
     assert template["Resources"]["SharedLayer"]["Metadata"]["BuildMethod"] == "makefile"
     assert template["Globals"]["Function"]["Tracing"] == "Active"
-    output = translated({"RedisUrlSecretArn": "arn:aws:secretsmanager:eu-west-1:1:secret:x"}, monkeypatch)
+    output = translated({**AUTH, "RedisUrlSecretArn": "arn:aws:secretsmanager:eu-west-1:1:secret:x"}, monkeypatch)
     role = output["Resources"]["DepositFunctionRole"]["Properties"]["Policies"]
     assert "secretsmanager:GetSecretValue" in json.dumps(role)

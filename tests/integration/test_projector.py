@@ -83,8 +83,9 @@ def test_read_model_equals_the_streams_after_a_concurrent_burst(client: redis.Re
     docs = assert_read_model_matches(client, live_env, mongo_standin.uri, mongo_db)
     assert set(docs) == set(ids)
     sample = docs["acct-0"]
-    assert set(sample) == {"_id", "balance_minor", "balance", "version", "timestamps", "event_ids", "partition",
-                           "log_ms", "log_seq", "created_at", "updated_at"}
+    assert set(sample) == {"_id", "balance_minor", "balance", "version", "owner", "timestamps", "event_ids",
+                           "partition", "log_ms", "log_seq", "created_at", "updated_at"}
+    assert sample["owner"] is None  # opened without authentication: nobody owns it
     assert 1 <= len(sample["timestamps"]) <= 5 and len(sample["event_ids"]) == min(5, sample["version"])
     assert sample["created_at"] <= sample["updated_at"]
     log_ids = [e.entry_id for e in _log_entries(client, live_env) if e.account_id == "acct-0"]

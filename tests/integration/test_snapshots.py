@@ -13,6 +13,7 @@ from shared.errors import CorruptHistory
 from shared.event_store import Appended, AppendOutcome, Conflict, IdempotencyWrite
 from shared.events import NewEvent, RecordedEvent
 from shared.keys import KeySpace
+from shared.principal import ANONYMOUS
 from shared.redis_store import RedisEventStore
 from shared.service import AccountService, CommandContext
 from tests.support.events import new_event
@@ -122,11 +123,11 @@ def test_the_service_gives_an_old_account_a_snapshot(client: redis.Redis, keys: 
     plain.append("acc", 0, [new_event("acc", "AccountOpened")] + [new_event("acc") for _ in range(11)])
     store = RedisEventStore(client, keys, 3600)
     service = AccountService(store, snapshot_interval=5, sleep=lambda _: None)
-    result = service.execute("acc", Deposit(100), CommandContext("req"))
+    result = service.execute("acc", Deposit(100), CommandContext("req", ANONYMOUS))
     loaded = store.load("acc")
     assert loaded.snapshot is not None and loaded.snapshot.version == result.version == 13
     assert loaded.events == []
-    assert service.get("acc").balance == 1200
+    assert service.get("acc", ANONYMOUS).balance == 1200
 
 
 class LosesOneReply(RedisEventStore):
@@ -148,10 +149,10 @@ class LosesOneReply(RedisEventStore):
 def test_a_lost_reply_is_not_applied_twice_even_behind_a_snapshot(client: redis.Redis, keys: KeySpace) -> None:
     store = LosesOneReply(client, keys, at=5)  # version 5 is also where the snapshot is written
     service = AccountService(store, snapshot_interval=5, sleep=lambda _: None)
-    service.execute("acc", OpenAccount(), CommandContext("r0"))
+    service.execute("acc", OpenAccount(), CommandContext("r0", ANONYMOUS))
     for n in range(3):
-        service.execute("acc", Deposit(100), CommandContext(f"r{n + 1}"))
-    result = service.execute("acc", Deposit(7), CommandContext("r4"))
+        service.execute("acc", Deposit(100), CommandContext(f"r{n + 1}", ANONYMOUS))
+    result = service.execute("acc", Deposit(7), CommandContext("r4", ANONYMOUS))
     assert (result.version, result.balance) == (5, 307)
     assert [e.version for e in store.read("acc")] == [1, 2, 3, 4, 5]
-    assert service.get("acc").balance == 307
+    assert service.get("acc", ANONYMOUS).balance == 307

@@ -10,6 +10,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from functions.assign_owner import app as assign_owner
 from functions.create_account import app as create_account
 from functions.deposit import app as deposit
 from functions.get_account import app as get_account
@@ -25,6 +26,7 @@ ROUTES = {
     "withdraw": withdraw,
     "get_account": get_account,
     "list_events": list_events,
+    "assign_owner": assign_owner,
 }
 #: Each route's Lambda entry point, wired to this process's real dependencies (``shared.runtime``).
 HANDLERS: dict[str, Callable[[dict[str, Any], object], dict[str, Any]]] = {

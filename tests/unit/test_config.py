@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.config import ConfigError, Settings, load_settings
+from shared.config import AuthSettings, ConfigError, Settings, load_auth_settings, load_settings
 
 
 def test_defaults() -> None:
@@ -69,3 +69,39 @@ def test_the_dev_ports_move_every_tool_s_defaults() -> None:
         "redis://elsewhere:1/0"
     with pytest.raises(ConfigError, match="DEV_REDIS_PORT"):
         load_settings({"DEV_REDIS_PORT": "abc"})
+
+
+GOOD_AUTH = {"AUTH_ISSUER": "https://issuer.example.com/realms/bank", "AUTH_AUDIENCE": "ledger-api"}
+
+
+def test_no_authentication_settings_refuses_to_start() -> None:
+    """Secure by default: nothing configured is not an open API; the message names what to set."""
+    with pytest.raises(ConfigError) as caught:
+        load_auth_settings({})
+    message = str(caught.value)
+    assert "AUTH_ISSUER" in message and "AUTH_AUDIENCE" in message and "AUTH_MODE=none" in message
+    assert "\n" not in message
+
+
+def test_authentication_settings() -> None:
+    settings = load_auth_settings({**GOOD_AUTH, "AUTH_ALGORITHMS": "ES256, RS256", "AUTH_LEEWAY_SECONDS": "45"})
+    assert settings == AuthSettings(mode="jwt", issuer=GOOD_AUTH["AUTH_ISSUER"], audience="ledger-api",
+                                    algorithms=("ES256", "RS256"), leeway_seconds=45)
+    assert load_auth_settings({"AUTH_MODE": "none"}).mode == "none"
+    assert load_auth_settings({"AUTH_ISSUER": "http://127.0.0.1:8083", "AUTH_AUDIENCE": "x"}).jwks_url == ""
+
+
+@pytest.mark.parametrize(("changes", "named"), [
+    ({"AUTH_AUDIENCE": ""}, "AUTH_AUDIENCE"),
+    ({"AUTH_ISSUER": "http://issuer.example.com"}, "AUTH_ISSUER"),  # plain http beyond loopback
+    ({"AUTH_ISSUER": "issuer.example.com"}, "AUTH_ISSUER"),
+    ({"AUTH_JWKS_URL": "file:///etc/passwd"}, "AUTH_JWKS_URL"),
+    ({"AUTH_ALGORITHMS": "HS256"}, "AUTH_ALGORITHMS"),
+    ({"AUTH_ALGORITHMS": "RS256,none"}, "AUTH_ALGORITHMS"),
+    ({"AUTH_MODE": "none"}, "AUTH_ISSUER"),  # none and an issuer: which one was meant?
+    ({"AUTH_MODE": "oauth"}, "AUTH_MODE"),
+    ({"AUTH_LEEWAY_SECONDS": "3600"}, "AUTH_LEEWAY_SECONDS"),
+])
+def test_bad_authentication_settings_name_the_variable(changes: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        load_auth_settings({**GOOD_AUTH, **changes})

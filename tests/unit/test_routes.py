@@ -14,6 +14,7 @@ import pytest
 from shared import logs
 from shared.account import Account
 from shared.api import Dependencies
+from shared.auth import OpenAccess
 from shared.config import ConfigError, Settings
 from shared.errors import StoreUnavailable
 from shared.event_store import AppendOutcome, IdempotencyWrite, Loaded
@@ -216,7 +217,7 @@ def test_a_bad_request_gets_its_400_even_while_redis_is_unreachable() -> None:
     def unreachable() -> AccountService:
         raise StoreUnavailable("Redis is unavailable: ConnectionError")
 
-    api = Api(lambda: Dependencies(Settings(), unreachable))
+    api = Api(lambda: Dependencies(Settings(), unreachable, OpenAccess()))
     for route, account_id, body, options in (
             ("deposit", "bob", {"amount": -1}, {}), ("withdraw", "bob", {"amount": "1.005"}, {}),
             ("create_account", None, {"id": "a b"}, {}), ("create_account", None, {"id": "ok"},

@@ -20,13 +20,14 @@ from shared.errors import (
 from shared.event_store import AppendOutcome, AppendUnknown, Conflict, IdempotencyWrite, Loaded, NotDurable
 from shared.events import NewEvent
 from shared.preconditions import IfMatch
+from shared.principal import ANONYMOUS
 from shared.service import AccountService, CommandContext
 from tests.fakes import InMemoryEventStore
 from tests.support.events import history, new_event
 
 
 def ctx(key: str | None = None, if_match: IfMatch | None = None) -> CommandContext:
-    return CommandContext(request_id="req", idempotency_key=key, if_match=if_match)
+    return CommandContext(request_id="req", actor=ANONYMOUS, idempotency_key=key, if_match=if_match)
 
 
 def make_service(store: InMemoryEventStore, attempts: int = 5) -> AccountService:
@@ -66,7 +67,7 @@ def test_commands_update_the_balance(store: InMemoryEventStore) -> None:
     service = funded(store, 500)
     result = service.execute("acc", Withdraw(200), ctx())
     assert (result.amount, result.balance, result.version, result.replayed) == (200, 300, 3, False)
-    assert service.get("acc").balance == 300
+    assert service.get("acc", ANONYMOUS).balance == 300
 
 
 def test_conflict_re_decides_against_fresh_state() -> None:
@@ -76,7 +77,7 @@ def test_conflict_re_decides_against_fresh_state() -> None:
     # Our withdrawal of 50 was valid against the state we read (100), but not after the intruder's 60.
     with pytest.raises(InsufficientFunds):
         service.execute("acc", Withdraw(50), ctx())
-    assert service.get("acc").balance == 40
+    assert service.get("acc", ANONYMOUS).balance == 40
 
 
 def test_conflict_then_success_uses_the_new_version() -> None:
@@ -160,12 +161,12 @@ def test_if_match(store: InMemoryEventStore) -> None:
 
 def test_reads(store: InMemoryEventStore) -> None:
     service = funded(store, 100)
-    assert [e.version for e in service.events("acc", 1, 10)] == [2]
-    assert service.events("acc", 2, 10) == []
+    assert [e.version for e in service.events("acc", 1, 10, ANONYMOUS)] == [2]
+    assert service.events("acc", 2, 10, ANONYMOUS) == []
     with pytest.raises(AccountNotFound):
-        service.get("nobody")
+        service.get("nobody", ANONYMOUS)
     with pytest.raises(AccountNotFound):
-        service.events("nobody", 0, 10)
+        service.events("nobody", 0, 10, ANONYMOUS)
 
 
 class RecordsSnapshots(InMemoryEventStore):
@@ -255,13 +256,13 @@ def test_an_outcome_nobody_can_learn_in_time_is_outcome_unknown_with_advice() ->
     service = _service(store, clock, deadline=3.0)
     service.execute("acc", OpenAccount(), ctx())
     with pytest.raises(OutcomeUnknown) as unknown:
-        service.execute("acc", Deposit(250), CommandContext("req-9", idempotency_key="k-42"))
+        service.execute("acc", Deposit(250), CommandContext("req-9", ANONYMOUS, idempotency_key="k-42"))
     assert "retry with the same Idempotency-Key (k-42)" in unknown.value.detail
     assert clock.now >= 3.0
     fresh = _service(LosesReplies(applies=False, down=10_000), Clock(), deadline=3.0)
     fresh.execute("acc", OpenAccount(), ctx())
     with pytest.raises(OutcomeUnknown) as keyless:
-        fresh.execute("acc", Deposit(1), CommandContext("req-10", correlation_id="corr-7"))
+        fresh.execute("acc", Deposit(1), CommandContext("req-10", ANONYMOUS, correlation_id="corr-7"))
     assert "correlation id corr-7" in keyless.value.detail and "/accounts/acc/events" in keyless.value.detail
 
 

@@ -42,7 +42,7 @@ def api_events() -> set[tuple[str, str, str, str]]:
         props = resource["Properties"]
         module = props["CodeUri"].strip("/").replace("/", ".") + "." + props["Handler"].rsplit(".", 1)[0]
         for event in props.get("Events", {}).values():
-            if event["Type"] == "Api":
+            if event["Type"] == "HttpApi":
                 found.add((event["Properties"]["Method"].upper(), event["Properties"]["Path"], name, module))
     return found
 
