@@ -13,6 +13,7 @@ import redis
 from devstack.redis_server import RedisProcess
 from shared.event_store import Appended
 from shared.keys import KeySpace
+from shared.principal import Owner
 from shared.redis_store import RedisEventStore
 from tests.support.events import history
 
@@ -60,11 +61,12 @@ def redis_server(*extra: str) -> Iterator[RedisProcess]:
 
 
 def seed_accounts(client: redis.Redis, keys: KeySpace, ids: list[str], events_each: int,
-                  chunk: int = 500) -> None:
-    """Give every account ``events_each`` events (one open + deposits) through the real append script."""
+                  chunk: int = 500, owner: Owner | None = None) -> None:
+    """Give every account ``events_each`` events (one open by ``owner`` + deposits) through the real append
+    script."""
     store = RedisEventStore(client, keys, 3600)
     for start in range(0, len(ids), chunk):
-        outcomes = store.append_many([(account_id, 0, history(account_id, events_each))
+        outcomes = store.append_many([(account_id, 0, history(account_id, events_each, owner=owner))
                                       for account_id in ids[start:start + chunk]])
         assert all(outcome == Appended(events_each) for outcome in outcomes), outcomes
 

@@ -1,5 +1,6 @@
 """2. HTTP throughput through the gateway under gunicorn vs a no-op Flask route under the same settings, and
-where each request's server CPU goes, by layer (bench/layers.py).
+where each request's server CPU goes, by layer (bench/layers.py). Every request of both carries a bearer token
+(bench/auth.py); ours verifies it (once per worker, then from its cache), the no-op ignores it.
 
 Both apps log at INFO (ours writes its one JSON line per request; the no-op has nothing to say). The ratio is
 the median of three rounds that alternate ours and the no-op, so both see the same machine noise.
@@ -23,6 +24,7 @@ from pathlib import Path
 import redis
 
 from bench import layers
+from bench.auth import local_issuer
 from bench.common import ROOT, Result, redis_server, report, seed_accounts
 from devstack.mongo_standin import MongoStandIn
 from devstack.process import spawn, terminate
@@ -138,13 +140,14 @@ def _gunicorn(app: str, env: dict[str, str], setting: tuple[int, str, int]) -> I
 
 
 def _wrk(label: str, port: int, script: str, connections: int, seconds: int, pid: int,
-         client: redis.Redis) -> Run:
+         client: redis.Redis, authorization: str) -> Run:
     ids_file = Path(tempfile.mkstemp(prefix="wrk-ids-")[1])
     (user, system), redis_cpu = _cpu_seconds(pid), _redis_cpu(client)
     out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s",
                           str(ROOT / "bench" / "wrk" / script), f"http://127.0.0.1:{port}"],
                          capture_output=True, text=True, check=True,
-                         env={**os.environ, "ACCOUNTS": str(ACCOUNTS), "IDS_FILE": str(ids_file)})
+                         env={**os.environ, "ACCOUNTS": str(ACCOUNTS), "IDS_FILE": str(ids_file),
+                              "AUTHORIZATION": authorization})
     (user_after, system_after), redis_after = _cpu_seconds(pid), _redis_cpu(client)
     line = next(line for line in out.stdout.splitlines() if line.startswith("RESULT "))
     data = json.loads(line[len("RESULT "):])
@@ -158,7 +161,7 @@ def _wrk(label: str, port: int, script: str, connections: int, seconds: int, pid
 def _measure(label: str, app: str, script: str, env: dict[str, str], setting: tuple[int, str, int],
              connections: int, seconds: int, client: redis.Redis) -> Run:
     with _gunicorn(app, env, setting) as (pid, port):
-        return _wrk(label, port, script, connections, seconds, pid, client)
+        return _wrk(label, port, script, connections, seconds, pid, client, env["AUTHORIZATION"])
 
 
 def _profile(app: str, script: str, env: dict[str, str], setting: tuple[int, str, int], connections: int,
@@ -166,7 +169,7 @@ def _profile(app: str, script: str, env: dict[str, str], setting: tuple[int, str
     """One run under py-spy: the layer shares of the workers' samples, and the run's CPU split."""
     with _gunicorn(app, env, setting) as (pid, port):
         recorders, outputs = layers.record(_workers(pid), 8)
-        run = _wrk("profiled", port, script, connections, 10, pid, client)
+        run = _wrk("profiled", port, script, connections, 10, pid, client, env["AUTHORIZATION"])
         for recorder in recorders:
             recorder.wait(60)
     return run, outputs
@@ -175,13 +178,13 @@ def _profile(app: str, script: str, env: dict[str, str], setting: tuple[int, str
 def http_throughput(seconds: int = 10, connections: int = 32, matrix_seconds: int = 4) -> list[Result]:
     if shutil.which("wrk") is None:
         raise SystemExit("the HTTP benchmark needs wrk (Debian/Ubuntu: apt-get install wrk)")
-    with redis_server() as server:
+    with redis_server() as server, local_issuer() as auth:
         client = redis.Redis.from_url(server.url)
         keys = KeySpace("b2", 16)
         ids = [f"acct-{i}" for i in range(ACCOUNTS)]
-        seed_accounts(client, keys, ids, SEED_EVENTS)
+        seed_accounts(client, keys, ids, SEED_EVENTS, owner=auth.owner)
         env = {**os.environ, "REDIS_URL": server.url, "LEDGER_KEY_PREFIX": "b2", "LEDGER_PARTITIONS": "16",
-               "LOG_LEVEL": "INFO"}
+               "LOG_LEVEL": "INFO", **auth.env, "AUTHORIZATION": auth.header}
         runs: list[Run] = []
         matrix_notes = []
         best: tuple[float, tuple[int, str, int]] | None = None
@@ -227,7 +230,8 @@ def http_throughput(seconds: int = 10, connections: int = 32, matrix_seconds: in
              "versions gapless, balances never negative; the read model equals the streams"]
     layer_rows = _layer_table(profiled_ours, ours_profiles, profiled_noop, noop_profiles)
     return [
-        report(Result(f"2. HTTP throughput ({connections} clients, {ACCOUNTS} accounts, 60/40 mix, INFO logs)",
+        report(Result(f"2. HTTP throughput ({connections} clients, {ACCOUNTS} accounts, 60/40 mix, INFO logs, "
+                      "bearer tokens)",
                       f"{ours.rate:,.0f} requests/s", f"{noop.rate:,.0f} requests/s on a no-op Flask route",
                       ratio, "≥ 0.45 (median of 3 alternating rounds)", ratio >= 0.45, notes)),
         report(Result("2b. server CPU per request (gunicorn master and workers, user + system)",

@@ -13,10 +13,12 @@ from typing import Any
 import orjson
 import redis
 
+from bench.auth import local_issuer
 from bench.common import ROOT, Result, median_us, redis_server, report, seed_accounts
 from functions.deposit.app import lambda_handler as deposit
 from shared import account, runtime
 from shared.keys import KeySpace
+from shared.principal import ANONYMOUS
 from shared.redis_client import ScriptRunner
 from shared.redis_store import APPEND_LUA, LOAD_LUA, RedisEventStore, append_arguments
 from shared.stream_codec import decode_entries
@@ -25,8 +27,9 @@ from tests.support.environment import wired
 from tests.support.events import new_event
 
 
-def _deposit_events(ids: list[str]) -> list[dict[str, Any]]:
-    return [make_event("deposit", account_id, {"amount": "1.00"}) for account_id in ids]
+def _deposit_events(ids: list[str], authorization: str | None = None) -> list[dict[str, Any]]:
+    headers = {} if authorization is None else {"Authorization": authorization}
+    return [make_event("deposit", account_id, {"amount": "1.00"}, headers=headers) for account_id in ids]
 
 
 def _bare_work(keys: KeySpace, ids: list[str]) -> list[tuple[list[str], list[str], list[Any]]]:
@@ -39,14 +42,15 @@ def _bare_work(keys: KeySpace, ids: list[str]) -> list[tuple[list[str], list[str
 
 
 def handler_cost(rounds: int = 2000) -> Result:
-    """1. A deposit through lambda_handler vs the Redis work it cannot avoid, on 10-event accounts."""
-    with redis_server() as server, wired(server.url, "b1"):
+    """1. A deposit through lambda_handler (with a bearer token of the account's owner) vs the Redis work it
+    cannot avoid, on 10-event accounts."""
+    with redis_server() as server, local_issuer() as auth, wired(server.url, "b1", 16, **auth.env):
         client = runtime.redis_client()
         keys = KeySpace("b1", 16)
         ours_ids = [f"h{i}" for i in range(rounds + 200)]
         bare_ids = [f"r{i}" for i in range(rounds + 200)]
-        seed_accounts(client, keys, ours_ids + bare_ids, 10)
-        events = _deposit_events(ours_ids)
+        seed_accounts(client, keys, ours_ids + bare_ids, 10, owner=auth.owner)
+        events = _deposit_events(ours_ids, auth.header)
         bare = _bare_work(keys, bare_ids)
         # The cheapest way redis-py offers to call a script on this client: the same runner the store uses.
         run = ScriptRunner(client)
@@ -168,11 +172,11 @@ def long_histories(sizes: tuple[int, ...] = (1_000, 10_000), rounds: int = 40) -
                     orjson.loads(fields[b"data"])
 
             def request_path(account_id: str = account_id) -> None:
-                snapshotted.get(account_id)
+                snapshotted.get(account_id, ANONYMOUS)
 
             ours_s, raw_s = _alternate(ours, raw, rounds)
             with_snapshots = [_timed_once(request_path) for _ in range(rounds)]
-            state = snapshotted.get(account_id)
+            state = snapshotted.get(account_id, ANONYMOUS)
             assert state == account.rebuild(account_id, full.read(account_id))
             assert (state.version, state.balance) == (size + 1, (size - 1) * 100 + 100)
             ratio = statistics.median(ours_s) / statistics.median(raw_s)

@@ -26,6 +26,7 @@ from typing import Any
 
 import redis
 
+from bench.auth import BenchAuth, local_issuer
 from bench.common import ROOT, Result, redis_server, report, seed_accounts
 from shared.keys import KeySpace
 from tests.support.wsgi import post_environ
@@ -43,11 +44,11 @@ _TOTAL = re.compile(rb"^(?:summary|totals): (\d+)", re.MULTILINE)
 def instructions_per_request() -> Result:
     if shutil.which("valgrind") is None:
         raise SystemExit("the instruction count needs valgrind (Debian/Ubuntu: apt-get install valgrind)")
-    with redis_server() as server, TemporaryDirectory(prefix="callgrind-") as tmp:
+    with redis_server() as server, local_issuer() as auth, TemporaryDirectory(prefix="callgrind-") as tmp:
         databases = {"ours": 1, "noop": 2}
         with ThreadPoolExecutor(max_workers=2) as pool:  # a count does not depend on what else runs
-            counts = dict(zip(APPS, pool.map(lambda app: _per_request(server.url, databases[app], app, Path(tmp)),
-                                             APPS), strict=True))
+            counts = dict(zip(APPS, pool.map(
+                lambda app: _per_request(server.url, databases[app], app, Path(tmp), auth), APPS), strict=True))
     ours, noop = counts["ours"], counts["noop"]
     return report(Result(
         "2c. interpreter instructions per request, in process (callgrind; no gunicorn)",
@@ -57,20 +58,21 @@ def instructions_per_request() -> Result:
          "only, INFO logging to /dev/null"]))
 
 
-def _per_request(url: str, database: int, app: str, folder: Path) -> float:
-    totals = [_count(url, database, app, requests, folder) for requests in (WARM, WARM + MEASURED)]
+def _per_request(url: str, database: int, app: str, folder: Path, auth: BenchAuth) -> float:
+    totals = [_count(url, database, app, requests, folder, auth) for requests in (WARM, WARM + MEASURED)]
     return (totals[1] - totals[0]) / MEASURED
 
 
-def _count(url: str, database: int, app: str, requests: int, folder: Path) -> int:
+def _count(url: str, database: int, app: str, requests: int, folder: Path, auth: BenchAuth) -> int:
     """Total instructions of one child process serving ``requests`` requests from freshly seeded data."""
     db_url = f"{url.rsplit('/', 1)[0]}/{database}"
     client = redis.Redis.from_url(db_url)
     client.flushdb()
-    seed_accounts(client, KeySpace(PREFIX, 16), [f"acct-{i}" for i in range(ACCOUNTS)], SEED_EVENTS)
+    seed_accounts(client, KeySpace(PREFIX, 16), [f"acct-{i}" for i in range(ACCOUNTS)], SEED_EVENTS,
+                  owner=auth.owner)
     out = folder / f"{app}.{requests}.out"
     env = {**os.environ, "REDIS_URL": db_url, "LEDGER_KEY_PREFIX": PREFIX, "LEDGER_PARTITIONS": "16",
-           "LOG_LEVEL": "INFO", "PYTHONHASHSEED": "0"}
+           "LOG_LEVEL": "INFO", "PYTHONHASHSEED": "0", **auth.env, "AUTHORIZATION": auth.header}
     subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-m",
                     "bench.instructions", app, str(requests)], cwd=ROOT, env=env, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -82,13 +84,16 @@ def _count(url: str, database: int, app: str, requests: int, folder: Path) -> in
 
 def _requests(app: str, count: int) -> Iterable[dict[str, Any]]:
     draw = random.Random(7)  # the same requests in both runs of an app
+    token = os.environ["AUTHORIZATION"]  # the same bearer token on every request, as one client sends it
     for _ in range(count):
         if app == "noop":
-            yield post_environ("/noop", b'{"amount":"2.00"}')
+            yield post_environ("/noop", b'{"amount":"2.00"}', HTTP_AUTHORIZATION=token)
         elif draw.random() < 0.6:
-            yield post_environ(f"/accounts/acct-{draw.randrange(ACCOUNTS)}/deposits", b'{"amount":"2.00"}')
+            yield post_environ(f"/accounts/acct-{draw.randrange(ACCOUNTS)}/deposits", b'{"amount":"2.00"}',
+                               HTTP_AUTHORIZATION=token)
         else:
-            yield post_environ(f"/accounts/acct-{draw.randrange(ACCOUNTS)}/withdrawals", b'{"amount":"1.00"}')
+            yield post_environ(f"/accounts/acct-{draw.randrange(ACCOUNTS)}/withdrawals", b'{"amount":"1.00"}',
+                               HTTP_AUTHORIZATION=token)
 
 
 def _serve(app: str, count: int) -> None:

@@ -1,7 +1,9 @@
 -- 60/40 deposit/withdraw mix over ACCOUNTS accounts. Deposits are 2.00 and withdrawals 1.00, so each
 -- successful response says by its amount what it was. done() prints the counts and writes the request ids of
--- the successes to $IDS_FILE, so the benchmark can check each one is in the streams exactly once.
+-- the successes to $IDS_FILE, so the benchmark can check each one is in the streams exactly once. Every request
+-- carries $AUTHORIZATION (a bearer token of the accounts' owner).
 local accounts = tonumber(os.getenv("ACCOUNTS") or "100")
+local authorization = os.getenv("AUTHORIZATION")
 local threads = {}
 
 function setup(thread)
@@ -16,7 +18,7 @@ end
 
 function request()
   local id = "acct-" .. (math.random(accounts) - 1)
-  local headers = {["Content-Type"] = "application/json"}
+  local headers = {["Content-Type"] = "application/json", ["Authorization"] = authorization}
   if math.random() < 0.6 then
     return wrk.format("POST", "/accounts/" .. id .. "/deposits", headers, '{"amount":"2.00"}')
   end

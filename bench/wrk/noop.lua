@@ -1,6 +1,10 @@
--- The same request shape as mix.lua against a route that does nothing: the ceiling of Flask on gunicorn.
+-- The same request shape as mix.lua (bearer token included) against a route that does nothing: the ceiling of
+-- Flask on gunicorn.
+local authorization = os.getenv("AUTHORIZATION")
+
 function request()
-  return wrk.format("POST", "/noop", {["Content-Type"] = "application/json"}, '{"amount":"2.00"}')
+  return wrk.format("POST", "/noop", {["Content-Type"] = "application/json", ["Authorization"] = authorization},
+                    '{"amount":"2.00"}')
 end
 
 function done(summary, latency, requests)
