@@ -3,7 +3,8 @@
     {<prefix>:p<n>:<s>}:stream:<account id>       the account's events, entry id = "<version>-0"
     {<prefix>:p<n>:<s>}:version:<account id>      the account's current version (a plain integer)
     {<prefix>:p<n>:<s>}:snapshot:<account id>     the account's state every SNAPSHOT_INTERVAL versions
-    {<prefix>:p<n>:<s>}:idem:<account id>:<key>   an idempotency record (hash, with a TTL)
+    {<prefix>:p<n>:<s>}:idem:<account id>:<key>   an idempotency record (hash, with a TTL); a client's key
+                                                  with '{', '}' or ':' is stored as ':' + its SHA-256
     {<prefix>:p<n>:<s>}:log                       every event of partition n, in append order
     {<prefix>:p<n>:<s>}:...                       the projector's keys of partition n (see projector/)
 
@@ -17,17 +18,27 @@ partition's share of the 16384 slots (partition n of P owns slots [n·16384/P, (
 at the middle quarter of that band). With the cluster's default even slot allocation, N masters then hold
 P/N partitions each (16 on 3 masters: 5/6/5), instead of wherever 16 hashes happened to land.
 
+No identity is ever read back from a key name by splitting it on a marker: ``stream_account`` accepts a key
+only if it is exactly what ``stream`` would have built for a valid account id of that partition.
+
 This layout is frozen by ``tests/unit/test_keys.py``: changing it re-homes every account.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 import zlib
 from binascii import crc_hqx
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import NamedTuple
 
+from shared.validation import ACCOUNT_ID_PATTERN
+
 CLUSTER_SLOTS = 16384
+#: Characters that mean something in our key names: a client's idempotency key holding one is stored hashed.
+_STRUCTURAL = re.compile(r"[{}:]")
 
 
 def slot_of(tag: str) -> int:
@@ -49,8 +60,33 @@ class KeySpace:
         """The partition's hash tag, braces included (computed once per partition and process)."""
         found = self._tags.get(partition)
         if found is None:
+            self.check_partition(partition)
             found = self._tags[partition] = "{" + _place(self.prefix, partition, self.partitions) + "}"
         return found
+
+    def check_partition(self, partition: int) -> int:
+        """``partition`` if it exists; a ValueError naming the range otherwise (no tag can be placed for it)."""
+        if not 0 <= partition < self.partitions:
+            raise ValueError(f"partition {partition} does not exist: partitions are 0 to {self.partitions - 1}")
+        return partition
+
+    def stream_account(self, key: bytes | str) -> str | None:
+        """The account whose stream ``key`` is, or None when ``key`` is not exactly the stream key of a valid
+        account id in the partition it names (anything a SCAN for streams may also find, such as a client's
+        idempotency key that looks like a stream key, another prefix's keys, or a hand-made key)."""
+        text = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
+        match = self._stream_key.fullmatch(text)
+        if match is None or not ACCOUNT_ID_PATTERN.fullmatch(match["account"]):
+            return None
+        partition = int(match["partition"])
+        if partition >= self.partitions or self.partition_of(match["account"]) != partition:
+            return None
+        return match["account"] if text == self.stream(match["account"]) else None
+
+    @cached_property
+    def _stream_key(self) -> re.Pattern[str]:
+        return re.compile("\\{" + re.escape(self.prefix) + r":p(?P<partition>[0-9]{1,5}):[0-9]{1,9}\}:stream:"
+                          r"(?P<account>.{1,64})", re.DOTALL)
 
     def slot(self, partition: int) -> int:
         return slot_of(self.tag(partition)[1:-1])
@@ -111,7 +147,11 @@ class AccountKeys(NamedTuple):
         return _log(self.tag)
 
     def idempotency(self, key: str) -> str:
-        return f"{self.tag}:idem:{self.account_id}:{key}"
+        """A key without '{', '}' or ':' stands as it is (as it always has); one with them is stored as ':' and
+        its SHA-256, which no plain key can be, so no client's key can shape, or pass for, another key name."""
+        if _STRUCTURAL.search(key) is None:
+            return f"{self.tag}:idem:{self.account_id}:{key}"
+        return f"{self.tag}:idem:{self.account_id}::{hashlib.sha256(key.encode()).hexdigest()}"
 
 
 def _log(tag: str) -> str:

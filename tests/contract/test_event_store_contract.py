@@ -119,6 +119,14 @@ class EventStoreContract:
         assert [e.version for e in store.load("acc-1").events] == [1]
         assert len(self.partition_log(store, "acc-1")) == 1
 
+    def test_any_visible_key_is_remembered_structural_characters_included(self, store: EventStore) -> None:
+        hostile = "y}:stream:_checkpoint.projector.p7"
+        store.append("acc-1", 0, [new_event("acc-1", "AccountOpened")], remember(hostile))
+        assert store.load("acc-1", hostile).idempotency == IdempotencyRecord("fp-1", '{"r":1}')
+        assert store.load("acc-1", "y}:stream:_checkpoint.projector.p8").idempotency is None
+        assert store.append("acc-1", 1, [new_event("acc-1")], remember(hostile, "fp-2")) == Duplicate(
+            IdempotencyRecord("fp-1", '{"r":1}'))
+
     def test_idempotency_keys_are_scoped_to_the_account(self, store: EventStore) -> None:
         store.append("acc-1", 0, [new_event("acc-1", "AccountOpened")], remember("same"))
         assert store.append("acc-2", 0, [new_event("acc-2", "AccountOpened")], remember("same")) == Appended(1)

@@ -68,3 +68,44 @@ def test_two_prefixes_on_one_cluster_use_different_slots() -> None:
     other = KeySpace("ledger-eu", 16)
     assert all(LEDGER.slot(p) != other.slot(p) for p in range(16))
     assert LEDGER.pattern("stream") == "{ledger:p*}:stream:*"
+
+
+def test_an_idempotency_key_can_never_shape_a_key_name() -> None:
+    """Keys without '{', '}' or ':' stand as they always have (existing records keep working); the others are
+    stored as ':' and their SHA-256, which no plain key can be."""
+    assert LEDGER.idempotency("alice", "key-1") == "{ledger:p7:64}:idem:alice:key-1"
+    for hostile in ("y}:stream:_checkpoint.projector.p7", "x}:stream:ghost", 'w}:stream:{"$gt":""}', "a:b", "{x"):
+        key = LEDGER.idempotency("alice", hostile)
+        assert key.startswith("{ledger:p7:64}:idem:alice::") and len(key) == len("{ledger:p7:64}:idem:alice::") + 64
+        assert LEDGER.stream_account(key) is None
+    assert LEDGER.idempotency("alice", "a:b") != LEDGER.idempotency("alice", "a:c")
+
+
+@pytest.mark.parametrize("key", [
+    "{ledger:p7:64}:idem:p1-0:y}:stream:_checkpoint.projector.p7",  # what the old layout let a client write
+    "{ledger:p7:64}:stream:_checkpoint.projector.p7",  # not an account id
+    '{ledger:p7:64}:stream:{"$gt":""}',
+    "{ledger:p7:64}:stream:bob",  # bob lives in partition 0
+    "{ledger:p7:65}:stream:alice",  # not partition 7's tag
+    "{ledger:p07:64}:stream:alice",
+    "{ledger:p99:1}:stream:alice",  # no such partition
+    "{ledger-eu:p7:64}:stream:alice",  # another deployment's
+    "{ledger:p7:64}:stream:alice:x",
+    "{ledger:p7:64}:stream:alice\n",
+    b"{ledger:p7:64}:stream:\xff",
+])
+def test_only_an_accounts_exact_stream_key_names_an_account(key: str | bytes) -> None:
+    assert LEDGER.stream_account(key) is None
+
+
+def test_stream_keys_name_their_accounts() -> None:
+    for account_id in ("alice", "bob", "x.y_z-9", "A" * 64):
+        assert LEDGER.stream_account(LEDGER.stream(account_id)) == account_id
+        assert LEDGER.stream_account(LEDGER.stream(account_id).encode()) == account_id
+
+
+@pytest.mark.parametrize("partition", [-1, 16, 99])
+def test_a_partition_out_of_range_is_refused_at_once(partition: int) -> None:
+    """It used to search for ever for a tag that cannot exist (``parked list --partition 99`` spun at 100 %)."""
+    with pytest.raises(ValueError, match="partitions are 0 to 15"):
+        KeySpace("ledger", 16).partition_log(partition)
