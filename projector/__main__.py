@@ -17,11 +17,12 @@ from types import FrameType
 from redis.exceptions import RedisClusterException
 
 from projector import admin, health, maintenance
-from projector.read_model import MONGO_ERRORS
+from projector.read_model import MONGO_ERRORS, MalformedDocument
 from projector.wiring import Wiring, wire
 from projector.worker import REDIS_DOWN, Projector
 from shared import logs
 from shared.config import ConfigError, ProjectorSettings, load_projector_settings, load_settings
+from shared.validation import ACCOUNT_ID_PATTERN
 
 #: Redis out of reach, including a cluster client that found no seed to discover the topology from.
 CLI_REDIS_DOWN: tuple[type[Exception], ...] = (*REDIS_DOWN, RedisClusterException)
@@ -66,6 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CLI_REDIS_DOWN as exc:
         print(f"projector: cannot reach Redis ({type(exc).__name__}: {exc}); is it running, and is REDIS_URL "
               "right?", file=sys.stderr)
+    except MalformedDocument as exc:
+        print(f"projector: {exc.detail}", file=sys.stderr)
+        return 1
     except MONGO_ERRORS as exc:
         print(f"projector: cannot reach MongoDB ({type(exc).__name__}); is it running, and is MONGODB_URI "
               "right?", file=sys.stderr)
@@ -78,12 +82,7 @@ def _command(args: argparse.Namespace, wiring: Wiring, settings: ProjectorSettin
         print(admin.render(rows, settings.group))
         return 1 if any(row.problems for row in rows) else 0
     if args.command == "show":
-        document = wiring.model.find(args.account_id)
-        if document is None:
-            print(f"{args.account_id}: not in the read model (yet)", file=sys.stderr)
-            return 1
-        print(json.dumps(document, indent=2, default=str))
-        return 0
+        return _show(args.account_id, wiring)
     if args.command == "verify":
         report = maintenance.verify(wiring.reader, wiring.model, wiring.history,
                                     admin.stream_accounts(wiring.client, wiring.keys), args.repair,
@@ -117,6 +116,19 @@ def _command(args: argparse.Namespace, wiring: Wiring, settings: ProjectorSettin
               f"({done.refused} refused, {done.caught_up} applied while catching up)")
         return 0
     return _run(wiring, settings)
+
+
+def _show(account_id: str, wiring: Wiring) -> int:
+    if not ACCOUNT_ID_PATTERN.fullmatch(account_id):
+        print(f"{account_id[:80]!r} is not an account id (1-64 letters, digits, '.', '_' or '-', starting with a "
+              "letter or digit)", file=sys.stderr)
+        return 2
+    document = wiring.model.find(account_id)
+    if document is None:
+        print(f"{account_id}: not in the read model (yet)", file=sys.stderr)
+        return 1
+    print(json.dumps(document, indent=2, default=str))
+    return 0
 
 
 def _run(wiring: Wiring, settings: ProjectorSettings) -> int:

@@ -8,6 +8,7 @@ read model last moved, and whether it disagrees with the log.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from projector.read_model import ReadModel
 from projector.reader import LogReader, ParkedEntry
 from shared.keys import KeySpace
 
+log = logging.getLogger("ledgerstream.projector")
 _LAG_CAP = 10_000
 
 
@@ -65,6 +67,8 @@ def status(reader: LogReader, leases: PartitionLeases, model: ReadModel, stall_s
 
 
 def _divergence(finding: selfcheck.Finding) -> str | None:
+    if finding.malformed:
+        return f"{finding.malformed} (the projector replaces it and re-projects the partition)"
     if finding.redis_behind:
         return f"Redis lost entries the read model applied ({len(finding.suspects)} accounts to repair)"
     if finding.mongo_behind:
@@ -122,9 +126,19 @@ def _field(fields: dict[bytes, bytes], name: bytes) -> str:
 
 
 def stream_accounts(client: redis.Redis, keys: KeySpace) -> Iterator[str]:
-    """Every account with a stream under this prefix (SCAN on every master of a cluster)."""
-    marker = ":stream:"
+    """Every account with a stream under this prefix (SCAN on every master of a cluster). A key the SCAN
+    pattern finds that is not exactly an account's stream key (a client's idempotency key shaped like one, a
+    hand-made key) is foreign: logged, never taken for an account."""
     key: Any
     for key in client.scan_iter(match=keys.pattern("stream"), count=1000):
-        text = key.decode() if isinstance(key, bytes) else str(key)
-        yield text.split(marker, 1)[1]
+        account_id = keys.stream_account(key)
+        if account_id is None:
+            log.warning("ignoring %r: not the stream key of an account", _shown(key),
+                        extra={"fields": {"foreign_key": _shown(key)}})
+            continue
+        yield account_id
+
+
+def _shown(key: bytes | str) -> str:
+    text = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
+    return text if len(text) <= 200 else text[:200] + "..."

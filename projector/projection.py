@@ -58,6 +58,8 @@ class Current:
     state: Account
     #: The ids of the latest events, oldest first; the last one is ``state.version``'s.
     event_ids: tuple[str, ...] = ()
+    #: Why the stored document cannot be trusted (not one the projector wrote); None when it can.
+    malformed: str | None = None
 
     def recorded_id(self, version: int) -> str | None:
         back = self.state.version - version
@@ -121,6 +123,9 @@ def plan(entries: Iterable[LogEntry], current: Mapping[str, Current],
 
 
 def _plan_account(result: Plan, known: Current, group: list[LogEntry], history: list[RecordedEvent] | None) -> None:
+    if known.malformed is not None:
+        result.diverged[known.state.id] = (known.malformed, group)
+        return
     start = known.state.version
     fresh: list[LogEntry] = []
     for entry in group:

@@ -25,6 +25,7 @@ local stand-in cannot store it), with a display string beside it.
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -43,6 +44,7 @@ from shared.account import Account
 from shared.config import ProjectorSettings
 from shared.money import format_minor
 from shared.principal import Owner
+from shared.validation import ACCOUNT_ID_PATTERN
 
 Document = dict[str, Any]
 Operation = InsertOne[Document] | UpdateOne | ReplaceOne[Document] | DeleteOne
@@ -53,6 +55,15 @@ ACCOUNTS: Mapping[str, Any] = {"kind": {"$exists": False}}
 
 class MongoUnavailable(Exception):
     """MongoDB cannot answer now; nothing was acknowledged, so everything stays pending."""
+
+
+class MalformedDocument(Exception):
+    """A document in the collection is not what the projector writes there (edited by hand, or written by
+    something else): reported by what it is, never trusted. ``detail`` names it in one line."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
 
 
 #: Anything MongoDB can fail with, for a command-line tool that only reports it.
@@ -145,7 +156,7 @@ class ReadModel:
             found = self._collection.find({"_id": {"$in": ids}, **ACCOUNTS},
                                           {"balance_minor": 1, "version": 1, "created_at": 1, "updated_at": 1,
                                            "event_ids": 1, "owner": 1})
-            return {doc["_id"]: Current(_state(doc), tuple(doc.get("event_ids") or ())) for doc in found}
+            return {doc["_id"]: _current(doc) for doc in found}
 
     def write(self, writes: Sequence[AccountWrite], checkpoints: Sequence[CheckpointWrite] = (),
               repairs: Sequence[Repair] = ()) -> WriteResult:
@@ -221,13 +232,19 @@ class ReadModel:
         return f"_checkpoint.{self.group}.p{partition}"
 
     def checkpoint(self, partition: int) -> Checkpoint | None:
+        """The partition's checkpoint; ``MalformedDocument`` if what stands under its id is not one (the
+        projector then re-projects the partition from its log instead of trusting it)."""
         with mongo_unavailable_as_error():
             doc = self._collection.find_one({"_id": self._checkpoint_id(partition)})
         if doc is None:
             return None
-        updated = doc.get("updated_ms")
-        return Checkpoint(partition, str(doc["entry_id"]), str(doc.get("event_id", "")), str(doc.get("owner", "")),
-                          int(updated) if updated is not None else None)
+        entry_id, event_id, owner, updated = (doc.get(k) for k in ("entry_id", "event_id", "owner", "updated_ms"))
+        if (doc.get("kind") != "checkpoint" or not isinstance(entry_id, str) or not _ENTRY_ID.fullmatch(entry_id)
+                or not isinstance(event_id, str | None) or not isinstance(owner, str | None)
+                or not (updated is None or isinstance(updated, int))):
+            raise MalformedDocument(f"the checkpoint of partition {partition} ({self._checkpoint_id(partition)}) "
+                                    "is not a checkpoint document")
+        return Checkpoint(partition, entry_id, event_id or "", owner or "", updated)
 
     def applied_after(self, partition: int, position: tuple[int, int]) -> list[str]:
         """Accounts of ``partition`` whose last applied log entry lies after ``position``."""
@@ -241,12 +258,20 @@ class ReadModel:
         self.write((), (), repairs)
 
     def create_checkpoint(self, partition: int) -> None:
-        """A partition that has never been projected starts at the beginning of its log."""
-        self.write((), [CheckpointWrite(partition, "0-0", "")])
+        """A partition that has never been projected starts at the beginning of its log. Whatever stood under
+        the checkpoint's id (a malformed document) is replaced whole, not merged into."""
+        checkpoint_id = self._checkpoint_id(partition)
+        with mongo_unavailable_as_error():
+            self._collection.replace_one({"_id": checkpoint_id}, {
+                "_id": checkpoint_id, "kind": "checkpoint", "group": self.group, "partition": partition,
+                "entry_id": "0-0", "event_id": "", "owner": self.owner, "updated_ms": Int64(time.time() * 1000)},
+                upsert=True)
 
     # --- reading, for operators ---
 
     def find(self, account_id: str) -> Document | None:
+        """The document of ``account_id`` (an id the caller validated: an account id can never name a
+        checkpoint, whose ids start with '_')."""
         with mongo_unavailable_as_error():
             return self._collection.find_one({"_id": account_id, **ACCOUNTS})
 
@@ -362,12 +387,29 @@ def _owner(owner: Owner | None) -> Document | None:
     return None if owner is None else {"iss": owner.issuer, "sub": owner.subject}
 
 
-def _state(doc: Document) -> Account:
+_ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+
+
+def _current(doc: Document) -> Current:
+    try:
+        return Current(document_state(doc), tuple(doc.get("event_ids") or ()))
+    except MalformedDocument as exc:  # planned as a divergence: repaired from the account's stream
+        return Current(Account(str(doc["_id"])), malformed=exc.detail)
+
+
+def document_state(doc: Document) -> Account:
+    """The account a document describes; ``MalformedDocument`` if it is not one the projector wrote."""
     def iso(value: object) -> str | None:
         return value.isoformat() if isinstance(value, datetime) else None
 
-    return Account(doc["_id"], int(doc.get("balance_minor", 0)), int(doc.get("version", 0)),
-                   iso(doc.get("created_at")), iso(doc.get("updated_at")), owner_of(doc))
+    account_id, balance, version = doc.get("_id"), doc.get("balance_minor", 0), doc.get("version", 0)
+    if (not isinstance(account_id, str) or not ACCOUNT_ID_PATTERN.fullmatch(account_id)
+            or not isinstance(balance, int) or not isinstance(version, int) or version < 0
+            or not isinstance(doc.get("event_ids", []), list)):
+        raise MalformedDocument(f"document {str(account_id)[:80]!r} is not an account document the projector "
+                                "wrote")
+    return Account(account_id, int(balance), version, iso(doc.get("created_at")), iso(doc.get("updated_at")),
+                   owner_of(doc))
 
 
 def owner_of(doc: Document) -> Owner | None:

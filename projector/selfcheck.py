@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from projector.projection import LogEntry, entry_position
-from projector.read_model import Checkpoint, ReadModel, Repair
+from projector.read_model import Checkpoint, MalformedDocument, ReadModel, Repair
 from projector.reader import LogReader
 from shared import account
 from shared.errors import CorruptHistory
@@ -43,6 +43,9 @@ class Finding:
     mongo_behind: bool = False
     #: Acknowledged entries after ``keep`` (at most the scan cap).
     behind_by: int = 0
+    #: What stands under the checkpoint's id is not a checkpoint (why, in one line): nothing of it is trusted,
+    #: the partition is compared as if it had never been projected.
+    malformed: str | None = None
 
     @property
     def diverged(self) -> bool:
@@ -50,7 +53,11 @@ class Finding:
 
 
 def compare(reader: LogReader, model: ReadModel, partition: int) -> Finding:
-    checkpoint = model.checkpoint(partition)
+    malformed = None
+    try:
+        checkpoint = model.checkpoint(partition)
+    except MalformedDocument as exc:
+        checkpoint, malformed = None, exc.detail
     info = reader.group_info(partition)
     frontier = info.last_delivered if info else "0-0"
     keep, keep_event_id = "0-0", ""
@@ -74,7 +81,8 @@ def compare(reader: LogReader, model: ReadModel, partition: int) -> Finding:
         if entries:
             pending = reader.pending_ids(partition, entries[0].entry_id, entries[-1].entry_id, _SCAN_CAP)
             behind_by = sum(1 for e in entries if e.entry_id not in pending)
-    return Finding(checkpoint, keep, keep_event_id, frontier, redis_behind, suspects, behind_by > 0, behind_by)
+    return Finding(checkpoint, keep, keep_event_id, frontier, redis_behind, suspects, behind_by > 0, behind_by,
+                   malformed)
 
 
 def repair_from_stream(history: History, account_id: str, partition: int,

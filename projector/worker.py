@@ -376,6 +376,10 @@ class Projector:
 
     def _check(self, partition: int, state: PartitionState) -> None:
         finding = selfcheck.compare(self.reader, self.read_model, partition)
+        if finding.malformed is not None:
+            log.error("partition %d: %s; replacing it and re-projecting the partition from its log", partition,
+                      finding.malformed, extra={"fields": {"partition": partition, "divergence": "malformed"}})
+            self.read_model.create_checkpoint(partition)
         if finding.redis_behind:
             repairs = selfcheck.repairs_from_streams(self.history, partition, finding.suspects, finding.keep)
             self.read_model.write((), [CheckpointWrite(partition, finding.keep, finding.keep_event_id)], repairs)

@@ -56,6 +56,8 @@ def expected_from_streams(client: redis.Redis, keys: KeySpace) -> dict[str, tupl
     """(balance, version) per account, rebuilt from the account streams (the source of truth)."""
     result = {}
     for key in client.scan_iter(match=keys.pattern("stream"), count=1000):
+        if keys.stream_account(key) is None:  # not an account's stream (a planted key, say)
+            continue
         events = decode_entries(client.xrange(key))
         state = account.rebuild(events[0].account_id, events)
         result[state.id] = (state.balance, state.version)
