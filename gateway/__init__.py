@@ -31,8 +31,9 @@ def create_app(dependencies: Callable[[], Dependencies] = runtime.dependencies,
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     for route in ROUTES:
         _register(app, route, dependencies, trust_request_id, settings.max_body_bytes)
-    app.add_url_rule("/healthz", "healthz", _healthz)
-    app.add_url_rule("/readyz", "readyz", lambda: _readyz(readiness))
+    # No automatic OPTIONS (Flask's is a text/html 200): OPTIONS is a 405 problem like any method a route lacks.
+    app.add_url_rule("/healthz", "healthz", _healthz, provide_automatic_options=False)
+    app.add_url_rule("/readyz", "readyz", lambda: _readyz(readiness), provide_automatic_options=False)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unhandled)
     return app
@@ -46,7 +47,7 @@ def _register(app: Flask, route: GatewayRoute, dependencies: Callable[[], Depend
         event = to_event(request, route, path_parameters, trust_request_id, body_limit)
         return to_response(serve(event, handle, dependencies))
 
-    app.add_url_rule(route.flask_rule, route.function, view, methods=[route.method])
+    app.add_url_rule(route.flask_rule, route.function, view, methods=[route.method], provide_automatic_options=False)
 
 
 def _healthz() -> Response:

@@ -29,9 +29,11 @@ keepalive = _settings.keepalive
 limit_request_line = 4094
 limit_request_fields = 64
 limit_request_field_size = 8190
-# The application logs one JSON line per request; gunicorn's own access log would double it.
+# The application logs one JSON line per request; gunicorn's own access log would double it. gunicorn's other
+# lines are JSON too (gateway/gunicorn_logging.py).
 accesslog = None
 errorlog = "-"
+logger_class = "gateway.gunicorn_logging.JsonLogger"
 control_socket_disable = True
 
 _children: "list[subprocess.Popen[bytes]]" = []

@@ -63,8 +63,8 @@ class Probes:
                 problem = None
             except StoreUnavailable as exc:
                 problem = exc
-            except RedisError as exc:  # a cluster whose topology cannot be discovered, say
-                problem = StoreUnavailable(f"Redis is unavailable: {type(exc).__name__}")
+            except RedisError:  # a cluster whose topology cannot be discovered, say
+                problem = StoreUnavailable.unreachable()
                 self._client = None
             self._ready = (time.monotonic(), problem)
             return problem

@@ -180,6 +180,12 @@ class StoreUnavailable(LedgerError):
     code = "store-unavailable"
     title = "Event store unavailable"
 
+    @classmethod
+    def unreachable(cls) -> StoreUnavailable:
+        """What a client is told when Redis cannot be reached: nothing internal (which backend, which
+        exception); the cause goes to the log line with the exception chained to this one."""
+        return cls("the event store cannot be reached now, and nothing was written; retry shortly")
+
 
 class OutcomeUnknown(StoreUnavailable):
     """The append was sent (or stored on the primary only) and whether it took, or will survive, is not

@@ -283,6 +283,7 @@ def serve(event: ProxyEvent, route: RouteHandler[Deps], dependencies: Callable[[
             # An outage is expected and repeats: one compact line with its cause, not a trace per request.
             cause = exc.__cause__
             log.warning("request failed: %s", exc.detail, extra={"fields": {
+                "request_id": request.request_id if request else None, "code": exc.code,
                 "cause": None if cause is None else f"{type(cause).__name__}: {cause}"[:300]}})
         elif status >= 500:
             log.error("request failed: %s: %s", exc.code, exc.detail, exc_info=exc.__cause__ is not None)

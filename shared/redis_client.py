@@ -141,7 +141,7 @@ def unavailable_as_store_error() -> Iterator[None]:
     try:
         yield
     except UNAVAILABLE_ERRORS as exc:
-        raise StoreUnavailable(f"Redis is unavailable: {type(exc).__name__}") from exc
+        raise StoreUnavailable.unreachable() from exc
 
 
 def check_ready(client: redis.Redis, keys: KeySpace) -> None:

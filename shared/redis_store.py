@@ -85,7 +85,7 @@ class RedisEventStore:
         try:
             state, entries, record = self._run(self._load, keys, [])
         except UNAVAILABLE_ERRORS as exc:
-            raise StoreUnavailable(f"Redis is unavailable: {type(exc).__name__}") from exc
+            raise StoreUnavailable.unreachable() from exc
         idempotency = None
         if record and record[0] is not None:
             idempotency = IdempotencyRecord(record[0].decode(), record[1].decode())
@@ -99,7 +99,7 @@ class RedisEventStore:
             count = ("COUNT", limit) if limit else ()
             entries = self._run.raw("XRANGE", self._keys.stream(account_id), f"{after_version + 1}-0", "+", *count)
         except UNAVAILABLE_ERRORS as exc:
-            raise StoreUnavailable(f"Redis is unavailable: {type(exc).__name__}") from exc
+            raise StoreUnavailable.unreachable() from exc
         return decode_entries(entries)
 
     def append(self, account_id: str, expected_version: int, events: Sequence[NewEvent],
@@ -114,7 +114,7 @@ class RedisEventStore:
             except UNAVAILABLE_ERRORS as exc:
                 if sent():  # it left for Redis: applied or not, in flight or not, only a later read can tell
                     raise AppendUnknown(f"no reply to an append to {account_id}: {type(exc).__name__}") from exc
-                raise StoreUnavailable(f"Redis is unavailable: {type(exc).__name__}") from exc
+                raise StoreUnavailable.unreachable() from exc
         return _outcome(reply)
 
     def confirm_durable(self, account_id: str) -> None:
@@ -155,7 +155,7 @@ class RedisEventStore:
             if isinstance(outcome, Appended) and int(confirmed) < self._wait_replicas:
                 raise NotDurable(int(confirmed), self._wait_replicas)
             return outcome
-        raise StoreUnavailable("the append script could not be loaded")
+        raise StoreUnavailable.unreachable()  # a script cache that will not take the script
 
     def _node(self, key: str) -> redis.Redis:
         """The client of the node that owns ``key`` (on a single node, the client itself)."""

@@ -57,7 +57,7 @@ def redis_client() -> redis.Redis:
         with unavailable_as_store_error():
             return build_client(settings())
     except RedisClusterException as exc:  # the settings are validated, so this means "no seed answered"
-        raise StoreUnavailable(f"Redis Cluster is unreachable: {type(exc).__name__}") from exc
+        raise StoreUnavailable.unreachable() from exc
 
 
 @cache

@@ -245,9 +245,9 @@ def _unknown(command: Command, account_id: str, context: CommandContext, why: st
     state = ("was stored on the primary but is not yet safe from a crash" if stored
              else "was sent to the event store, and whether it was applied is not known")
     correlation = context.correlation_id or context.request_id
-    if context.idempotency_key is not None:
-        advice = (f"retry with the same Idempotency-Key ({context.idempotency_key}): a retry can never apply it "
-                  "twice, and answers with its outcome")
+    if context.idempotency_key is not None:  # not echoed: this detail is logged, and keys are never logged
+        advice = ("retry with the same Idempotency-Key: a retry can never apply it twice, and answers with its "
+                  "outcome")
     else:
         advice = ("send it with an Idempotency-Key next time, so a retry is always safe; before sending it again, "
                   f"look for correlation id {correlation} in GET /accounts/{account_id}/events")

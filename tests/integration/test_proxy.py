@@ -180,6 +180,59 @@ def test_oversized_headers_and_bodies_are_refused_as_problems(stack: Stack) -> N
     assert headers["X-Request-Id"]
 
 
+def _raw(stack: Stack, data: bytes, timeout: float = 20) -> tuple[bytes, float]:
+    """Send ``data`` as it is and read until nginx closes the connection: (the answer, seconds it took)."""
+    host, port = stack.url.removeprefix("http://").split(":")
+    started = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks), time.monotonic() - started
+
+
+def _problem_of(answer: bytes) -> tuple[int, dict[str, str], dict[str, object]]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, json.loads(body)
+
+
+@pytest.mark.parametrize(("request_line", "status", "code"), [
+    (b"GARBAGE", 400, "invalid-request"),
+    (b"GET /accounts/a b HTTP/1.1", 400, "invalid-request"),
+    (b"GET /accounts/a\x00b HTTP/1.1", 400, "invalid-request"),
+    (b"GET /" + b"a" * 9000 + b" HTTP/1.1", 414, "uri-too-long"),
+])
+def test_request_lines_nginx_cannot_use_are_problems(stack: Stack, request_line: bytes, status: int,
+                                                      code: str) -> None:
+    """A request line nginx cannot parse has no URI, and nginx would not redirect such a request to a named
+    location: these were its own HTML 500s."""
+    answered, _ = _raw(stack, request_line + b"\r\nHost: x\r\n\r\n")
+    got, headers, problem = _problem_of(answered)
+    assert (got, headers["Content-Type"], problem["code"]) == (status, "application/problem+json", code)
+    assert problem["request_id"] == headers["X-Request-Id"]
+
+
+def test_an_unknown_transfer_coding_is_a_problem(stack: Stack) -> None:
+    answered, _ = _raw(stack, b"POST /accounts HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n"
+                              b"\r\n0\r\n\r\n")
+    status, headers, problem = _problem_of(answered)
+    assert (status, headers["Content-Type"], problem["code"]) == (501, "application/problem+json", "not-implemented")
+
+
+def test_a_body_that_stops_arriving_is_dropped_without_reaching_the_gateway(stack: Stack) -> None:
+    """nginx does not answer a client that stopped sending (it terminates the request; no 408 is ever
+    written, whatever its documentation suggests): the connection is closed after client_body_timeout, and no
+    gunicorn worker waited for the body."""
+    before = _request(f"{stack.url}/accounts/slow-body")[0]
+    answered, seconds = _raw(stack, b"POST /accounts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                    b"Content-Length: 17\r\n\r\n{\"id\"")
+    assert answered == b"" and 9 <= seconds < 15
+    assert before == 404 and _request(f"{stack.url}/accounts/slow-body")[0] == 404  # nothing was created
+
+
 def test_one_request_id_from_the_proxy_to_the_problem(stack: Stack) -> None:
     status, headers, body = _request(f"{stack.url}/accounts/nobody")
     assert status == 404

@@ -29,6 +29,7 @@ def test_every_route_answers_503(route: str) -> None:
     assert problem["code"] == "store-unavailable"
     assert "Traceback" not in response["body"]
     assert "127.0.0.1" not in problem["detail"]  # infrastructure addresses stay in the logs
+    assert "Redis" not in problem["detail"] and "Error" not in problem["detail"]  # nor backend or exception
 
 
 @pytest.mark.usefixtures("dead_redis")

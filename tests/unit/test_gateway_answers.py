@@ -41,6 +41,8 @@ def _answers(client: FlaskClient) -> list[TestResponse]:
         client.post("/accounts", json={"id": "bob"}),                             # 409
         client.post("/accounts/bob/deposits", json={"amount": 1}, headers={"If-Match": '"9"'}),  # 412
         client.post("/accounts/bob/withdrawals", json={"amount": 5}),             # 422
+        client.options("/accounts"),                                              # 405: no automatic OPTIONS
+        client.options("/healthz"),                                               # 405
     ]
 
 
@@ -55,7 +57,7 @@ def test_every_answer_has_a_request_id_and_every_error_a_problem_document() -> N
             assert {"type", "title", "status", "detail", "code", "instance", "request_id"} <= set(problem)
             assert problem["request_id"] == response.headers["X-Request-Id"]
             assert problem["status"] == response.status_code
-    assert statuses == [201, 200, 200, 404, 405, 413, 400, 404, 409, 412, 422]
+    assert statuses == [201, 200, 200, 404, 405, 413, 400, 404, 409, 412, 422, 405, 405]
 
 
 def test_readiness_and_a_store_outage_are_503_with_retry_after() -> None:
