@@ -42,7 +42,7 @@ def _redis(args: tuple[str, ...], replicas: int) -> Iterator[RedisProcess]:
 
 def _appends_per_second(server: RedisProcess, replicas: int, threads: int, seconds: float) -> float:
     client = redis.Redis.from_url(server.url)
-    store = RedisEventStore(client, KeySpace("b8", 16), 3600, wait_replicas=replicas, wait_timeout_ms=1000)
+    store = RedisEventStore(client, KeySpace("b8", 16), 3600, wait_replicas=replicas, wait_timeout_seconds=1.0)
     ids = [f"acct-{n}" for n in range(threads)]
     for account_id in ids:
         assert store.append(account_id, 0, [new_event(account_id, "AccountOpened")]) == Appended(1)

@@ -27,7 +27,7 @@ from tests.support.readmodel import ProjectorProcess, assert_read_model_matches,
 from tests.support.targets import RedisTarget
 from tests.support.waiting import wait_until
 
-LEASE_TTL_MS = 5000
+LEASE_TTL_SECONDS = 5
 
 
 @contextmanager
@@ -44,8 +44,8 @@ def _env(target: RedisTarget, keys: KeySpace, mongo: MongoStandIn, database: str
          name: str) -> dict[str, str]:
     return {**target.env(), "LEDGER_KEY_PREFIX": keys.prefix, "LEDGER_PARTITIONS": str(keys.partitions),
             "MONGODB_URI": mongo.uri, "MONGODB_DATABASE": database, "PROJECTOR_GROUP": group,
-            "PROJECTOR_NAME": name, "PROJECTOR_HEALTH_PORT": "0", "PROJECTOR_LEASE_TTL_MS": str(LEASE_TTL_MS),
-            "PROJECTOR_POLL_MS": "20", "LOG_LEVEL": "WARNING"}
+            "PROJECTOR_NAME": name, "PROJECTOR_HEALTH_PORT": "0", "PROJECTOR_LEASE_TTL_SECONDS": str(LEASE_TTL_SECONDS),
+            "LOG_LEVEL": "WARNING"}
 
 
 def _replicas(count: int, env: dict[str, str]) -> list[ProjectorProcess]:
@@ -114,7 +114,7 @@ def _raw_bulk_write(uri: str, count: int, batch: int = 500) -> float:
 def _owners(client: redis.Redis, keys: KeySpace, group: str) -> list[str | None]:
     owners: list[str | None] = []
     for partition in range(keys.partitions):
-        value: Any = client.get(keys.partition_key(partition, f"lease:{group}"))
+        value: Any = client.get(keys.lease(partition, group))
         owners.append(value.decode().rpartition("|")[0] if value else None)
     return owners
 
@@ -138,9 +138,9 @@ def takeover() -> Result:
             seconds = time.perf_counter() - killed
         finally:
             _stop(replicas)
-    limit = LEASE_TTL_MS / 1000 + 2
+    limit = LEASE_TTL_SECONDS + 2
     return report(Result("7c. takeover after SIGKILL of 1 of 3 replicas", f"{seconds:.2f} s until every partition "
-                         "of the killed replica had a new owner", f"lease TTL {LEASE_TTL_MS / 1000:.0f} s + 2 s",
+                         "of the killed replica had a new owner", f"lease TTL {LEASE_TTL_SECONDS} s + 2 s",
                          seconds / limit, "≤ 1.0", seconds <= limit,
                          ["a dead replica's lease expires after its TTL; the others look every TTL/4"]))
 
@@ -153,40 +153,60 @@ def _count(owners: list[str | None]) -> dict[str, int]:
     return counts
 
 
-def end_to_end_lag(rate: int = 300, seconds: int = 15, accounts: int = 200) -> list[Result]:
-    """Append -> document updated, at a steady ``rate`` writes/s through the deposit handler, with 3 replicas,
-    on a single node and on a 3-master cluster."""
+def end_to_end_lag(rate: int = 300, seconds: int = 15, accounts: int = 200, quiet_seconds: int = 20) -> list[Result]:
+    """Append -> document updated, with 3 replicas, on a single node and on a 3-master cluster: at a steady
+    ``rate`` writes/s through the deposit handler, and on a quiet system (one write every fifth of a second),
+    where a polling projector would show its idle back-off."""
     results = []
+    limits = {"standalone": (5.0, 25.0), "cluster": (None, 50.0)}
     with redis_server() as server:
-        results.append(_lag(RedisTarget("standalone", server.url), rate, seconds, accounts))
+        target = RedisTarget("standalone", server.url)
+        results += [_lag(target, rate, seconds, accounts, limits["standalone"]),
+                    _lag(target, 5, quiet_seconds, accounts, limits["standalone"])]
     cluster = LocalCluster(masters=3).start()
     try:
-        results.append(_lag(RedisTarget("cluster", cluster.url, cluster.nodes_setting), rate, seconds, accounts))
+        target = RedisTarget("cluster", cluster.url, cluster.nodes_setting)
+        results += [_lag(target, rate, seconds, accounts, limits["cluster"]),
+                    _lag(target, 5, quiet_seconds, accounts, limits["cluster"])]
     finally:
         cluster.stop()
     return results
 
 
-def _lag(target: RedisTarget, rate: int, seconds: int, accounts: int) -> Result:
+def _redis_cpu(target: RedisTarget) -> float:
+    """CPU seconds (user + system) every Redis process of ``target`` has used so far."""
+    urls = [target.url] + [f"redis://{node}" for node in target.cluster_nodes.split(",") if node]
+    total = 0.0
+    for url in urls:
+        client = redis.Redis.from_url(url)
+        info = client.info("cpu")
+        total += float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+        client.close()
+    return total
+
+
+def _lag(target: RedisTarget, rate: int, seconds: int, accounts: int,
+         limits: tuple[float | None, float]) -> Result:
     lags: list[float] = []
+    database = f"lag{rate}"
     with _mongo() as mongo, wired(target.url, "b7l", 16, **{k: v for k, v in target.env().items()
                                                              if k != "REDIS_URL"}):
         client = runtime.redis_client()
         keys = KeySpace("b7l", 16)
-        ids = [f"acct-{i}" for i in range(accounts)]
+        ids = [f"acct-{i}-{rate}" for i in range(accounts)]
         seed_accounts(client, keys, ids, 2)
-        replicas = _replicas(3, _env(target, keys, mongo, "lag", "projector", "l"))
+        replicas = _replicas(3, _env(target, keys, mongo, database, f"lag{rate}", "l"))
         try:
-            wait_until(lambda: len(read_model(mongo.uri, "lag")) == accounts, 60, "the seeded accounts")
+            wait_until(lambda: len(read_model(mongo.uri, database)) == accounts, 60, "the seeded accounts")
             # Measure the steady state: while the replicas still hand partitions to each other, a handed-back
             # partition waits up to TTL/4 for its next owner, and those start-up seconds would be the p99.
-            wait_until(lambda: sorted(_count(_owners(client, keys, "projector")).values()) == [5, 5, 6], 60,
+            wait_until(lambda: sorted(_count(_owners(client, keys, f"lag{rate}")).values()) == [5, 5, 6], 60,
                        "3 replicas to share the partitions")
-            sent: dict[tuple[str, int], float] = {}
-            watcher = _Watcher(mongo.uri, "lag", sent, lags)
+            watcher = _Watcher(mongo.uri, database, lags)
             watcher.start()
             events = [make_event("deposit", ids[n % accounts], {"amount": "1.00"}) for n in range(rate * seconds)]
             versions = dict.fromkeys(ids, 2)  # seeded: opened and one deposit
+            cpu_before = _redis_cpu(target)
             started = time.perf_counter()
             for n, event in enumerate(events):
                 pause = started + n / rate - time.perf_counter()
@@ -194,36 +214,47 @@ def _lag(target: RedisTarget, rate: int, seconds: int, accounts: int) -> Result:
                     time.sleep(pause)
                 account_id = event["pathParameters"]["id"]
                 versions[account_id] += 1
-                sent[account_id, versions[account_id]] = time.time()  # before the append: the lag includes it
+                watcher.expect(account_id, versions[account_id])  # before the append: the lag includes it
                 response = deposit(event, None)
                 assert response["statusCode"] == 200
                 assert response["headers"]["ETag"] == f'"{versions[account_id]}"'
             achieved = len(events) / (time.perf_counter() - started)
             wait_until(lambda: len(lags) >= len(events), 60, "every deposit to reach the read model")
+            redis_us = (_redis_cpu(target) - cpu_before) / len(events) * 1e6
             watcher.stop()
-            assert_read_model_matches(client, keys, mongo.uri, "lag")
+            assert_read_model_matches(client, keys, mongo.uri, database)
         finally:
             _stop(replicas)
     p50, p99 = percentile(lags, 0.5) * 1000, percentile(lags, 0.99) * 1000
+    p50_limit, p99_limit = limits
+    passed = p99 <= p99_limit and (p50_limit is None or p50 <= p50_limit)
+    target_text = f"p99 ≤ {p99_limit:.0f} ms" + (f", p50 ≤ {p50_limit:.0f} ms" if p50_limit else "")
     return report(Result(
         f"7b. end-to-end lag at {rate} writes/s, 3 replicas, {target.topology}",
-        f"p50 {p50:.0f} ms, p99 {p99:.0f} ms (append → document visible)",
-        "the 250 ms p99 budget", p99 / 250, "p99 ≤ 250 ms (ratio ≤ 1.0)", p99 <= 250,
-        [f"{len(lags):,} deposits at {achieved:.0f}/s through the handler; seen by polling the read model every "
-         "~5 ms, which adds up to that much", "correctness: every deposit reached the read model; it equals "
-         "the streams"]))
+        f"p50 {p50:.1f} ms, p99 {p99:.1f} ms (append → document visible)",
+        f"the {p99_limit:.0f} ms p99 budget", p99 / p99_limit, target_text, passed,
+        [f"{len(lags):,} deposits at {achieved:.0f}/s through the handler; each one's document is watched from "
+         "the moment it is sent (a read of just the accounts still awaited, every millisecond)",
+         f"Redis CPU {redis_us:.0f} µs per deposit, appends and projection together (every Redis process)",
+         "correctness: every deposit reached the read model; it equals the streams"]))
 
 
 class _Watcher:
-    """Polls the read model and records when each (account, version) first becomes visible."""
+    """Records when each expected (account, version) first becomes visible in the read model, reading only the
+    documents still awaited, so the watching costs little and sees a change within about a millisecond."""
 
-    def __init__(self, uri: str, database: str, sent: dict[tuple[str, int], float], lags: list[float]) -> None:
+    def __init__(self, uri: str, database: str, lags: list[float]) -> None:
         self._client: MongoClient[dict[str, Any]] = MongoClient(uri)
         self._collection = self._client[database]["accountCollection"]
-        self._sent, self._lags = sent, lags
-        self._seen: dict[str, int] = {}
+        self._lags = lags
+        self._awaited: dict[str, dict[int, float]] = {}
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def expect(self, account_id: str, version: int) -> None:
+        with self._lock:
+            self._awaited.setdefault(account_id, {})[version] = time.time()
 
     def start(self) -> None:
         self._thread.start()
@@ -234,12 +265,17 @@ class _Watcher:
         self._client.close()
 
     def _run(self) -> None:
-        while not self._stop.wait(0.005):
+        while not self._stop.wait(0.001):
+            with self._lock:
+                ids = list(self._awaited)
+            if not ids:
+                continue
+            found = list(self._collection.find({"_id": {"$in": ids}}, {"version": 1}))
             now = time.time()
-            for doc in self._collection.find({"kind": {"$exists": False}}, {"version": 1}):
-                account_id, version = doc["_id"], int(doc["version"])
-                for seen in range(self._seen.get(account_id, 0) + 1, version + 1):
-                    at = self._sent.get((account_id, seen))
-                    if at is not None:
-                        self._lags.append(now - at)
-                self._seen[account_id] = max(version, self._seen.get(account_id, 0))
+            with self._lock:
+                for doc in found:
+                    versions = self._awaited.get(doc["_id"], {})
+                    for version in [v for v in versions if v <= int(doc["version"])]:
+                        self._lags.append(now - versions.pop(version))
+                    if not versions:
+                        self._awaited.pop(doc["_id"], None)

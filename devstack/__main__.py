@@ -9,7 +9,8 @@ prefixed logs (honcho). Ctrl-C stops the API and the projector first, then the s
            $DEV_STATE_DIR/mongo, reused likewise.
   Issuer   AUTH_ISSUER (and AUTH_AUDIENCE) if set, or AUTH_MODE=none; else a local OIDC issuer on
            127.0.0.1:$DEV_ISSUER_PORT (8083), its signing key in $DEV_STATE_DIR/issuer, which the API trusts.
-  API      http://127.0.0.1:$PORT (8080), $WEB_CONCURRENCY (2) workers; projector health on
+  API      http://127.0.0.1:$PORT (8080), $WEB_CONCURRENCY workers (the gateway's default:
+           the usable cores + 1); projector health on
            $PROJECTOR_HEALTH_PORT (8081).
 
 Every API request needs a bearer token; with the local issuer, print one with
@@ -39,7 +40,8 @@ from devstack.mongo_standin import command as mongo_command
 from devstack.process import port_in_use, spawn, terminate
 from devstack.redis_cluster import LocalCluster
 from devstack.redis_server import answers
-from shared.config import ConfigError, DevSettings, load_dev_settings
+from devstack.settings import DevSettings, load_dev_settings
+from shared.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 GUNICORN_CONFIG = ROOT / "gateway" / "gunicorn.conf.py"
@@ -118,8 +120,7 @@ def _run(args: argparse.Namespace, dev: DevSettings) -> int:
         # Health on loopback: a laptop is not a container behind a platform probe.
         manager.add_process("projector", f"{sys.executable} -m projector run",
                             env={**env, "PROJECTOR_HEALTH_BIND": env.get("PROJECTOR_HEALTH_BIND", "127.0.0.1")})
-        api_env = {**env, "GUNICORN_BIND": f"127.0.0.1:{dev.port}", "WEB_CONCURRENCY": str(dev.workers),
-                   "GUNICORN_GRACEFUL_TIMEOUT": "5"}
+        api_env = {**env, "GUNICORN_BIND": f"127.0.0.1:{dev.port}", "GUNICORN_GRACEFUL_TIMEOUT_SECONDS": "5"}
         manager.add_process("api", f"{sys.executable} -m gunicorn --config {GUNICORN_CONFIG} "
                                    "'gateway:create_app()'", env=api_env)
         print(f"devstack: API on http://127.0.0.1:{dev.port}, projector health on "

@@ -22,7 +22,8 @@ from typing import Any
 from cfnlint.decode import decode
 
 from devstack.issuer import LOCAL_AUDIENCE, local_url
-from shared.config import ConfigError, load_dev_settings
+from devstack.settings import load_dev_settings
+from shared.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_VALUE = object()

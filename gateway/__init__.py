@@ -12,9 +12,9 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, Reque
 
 from gateway.proxy import new_request_id, to_event, to_response
 from gateway.routes import ROUTES, GatewayRoute
+from gateway.settings import load_gateway_settings
 from shared import errors, runtime
 from shared.api import Dependencies
-from shared.config import load_gateway_settings
 from shared.http import RouteHandler, json_response, problem_response, serve
 
 log = logging.getLogger("ledgerstream.gateway")

@@ -1,5 +1,5 @@
 """gunicorn settings for the gateway, from the environment (GUNICORN_BIND, WEB_CONCURRENCY, ...), validated by
-shared/config.py like every other setting: a bad value stops gunicorn with a message naming the variable.
+gateway/settings.py like every other setting: a bad value stops gunicorn with a message naming the variable.
 
 With GATEWAY_HEALTH_BIND set, a small side process answers /healthz and /readyz on that address, so that a
 probe is answered within a second even while every worker is busy (a frozen Redis, a flood of requests).
@@ -10,7 +10,8 @@ import subprocess
 import sys
 from typing import Any
 
-from shared.config import ConfigError, load_auth_settings, load_gateway_settings
+from gateway.settings import load_gateway_settings
+from shared.config import ConfigError, load_auth_settings
 
 try:
     _settings = load_gateway_settings()
@@ -22,9 +23,9 @@ bind = _settings.bind
 workers = _settings.workers
 worker_class = _settings.worker_class
 threads = _settings.threads
-timeout = _settings.timeout
-graceful_timeout = _settings.graceful_timeout
-keepalive = _settings.keepalive
+timeout = _settings.timeout_seconds
+graceful_timeout = _settings.graceful_timeout_seconds
+keepalive = _settings.keepalive_seconds
 # Bounds on what a client may send, for when no proxy stands in front (the proxy's are tighter).
 limit_request_line = 4094
 limit_request_fields = 64

@@ -14,20 +14,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import signal
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import redis
 from redis.exceptions import RedisError
 
-from shared import errors
+from shared import errors, probe_server
 from shared.clock import new_id
 from shared.config import load_settings
 from shared.errors import StoreUnavailable
 from shared.http import ProxyResponse, json_response, problem_response
 from shared.keys import KeySpace
+from shared.probe_server import ProbeAnswer
 from shared.redis_client import build_client, check_ready
 
 _PROBE_TIMEOUT_S = 0.8
@@ -87,21 +89,11 @@ def answer(path: str, probes: Probes) -> ProxyResponse:
 
 
 def serve(bind: tuple[str, int], probes: Probes) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            response = answer(self.path.split("?")[0], probes)
-            data = response["body"].encode()
-            self.send_response(response["statusCode"])
-            for name, value in response["headers"].items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def probe(path: str) -> ProbeAnswer:
+        response = answer(path, probes)
+        return response["statusCode"], response["headers"], response["body"].encode()
 
-        def log_message(self, format: str, *args: object) -> None:  # probes would flood the log
-            return
-
-    return ThreadingHTTPServer(bind, Handler)
+    return probe_server.serve(bind[0], bind[1], probe)
 
 
 def _address(text: str) -> tuple[str, int]:
@@ -115,8 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--app", required=True, help="gunicorn's bind address, host:port")
     args = parser.parse_args(argv)
     server = serve(_address(args.bind), Probes(_address(args.app)))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     with contextlib.suppress(KeyboardInterrupt):
-        server.serve_forever()
+        stop.wait()
+    server.shutdown()
     return 0
 
 

@@ -16,16 +16,21 @@ from types import FrameType
 
 from redis.exceptions import RedisClusterException
 
-from projector import admin, health, maintenance
-from projector.read_model import MONGO_ERRORS, MalformedDocument
+from projector import health, maintenance, status
+from projector.mongo_read_model import MONGO_ERRORS
+from projector.partition_log import GroupMissing
+from projector.read_model import MalformedDocument
+from projector.settings import ProjectorSettings, load_projector_settings
 from projector.wiring import Wiring, wire
-from projector.worker import REDIS_DOWN, Projector
 from shared import logs
-from shared.config import ConfigError, ProjectorSettings, load_projector_settings, load_settings
+from shared.config import ConfigError, load_settings
+from shared.errors import StoreUnavailable
+from shared.redis_client import UNAVAILABLE_ERRORS
 from shared.validation import ACCOUNT_ID_PATTERN
 
 #: Redis out of reach, including a cluster client that found no seed to discover the topology from.
-CLI_REDIS_DOWN: tuple[type[Exception], ...] = (*REDIS_DOWN, RedisClusterException)
+CLI_REDIS_DOWN: tuple[type[Exception], ...] = (StoreUnavailable, GroupMissing, RedisClusterException,
+                                               *UNAVAILABLE_ERRORS)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -78,14 +83,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _command(args: argparse.Namespace, wiring: Wiring, settings: ProjectorSettings) -> int:
     if args.command == "status":
-        rows = admin.status(wiring.reader, wiring.leases, wiring.model, settings.stall_s)
-        print(admin.render(rows, settings.group))
+        rows = status.status(wiring.log, wiring.dead_letters, wiring.leases, wiring.model, settings.stall_seconds)
+        print(status.render(rows, settings.group))
         return 1 if any(row.problems for row in rows) else 0
     if args.command == "show":
         return _show(args.account_id, wiring)
     if args.command == "verify":
-        report = maintenance.verify(wiring.reader, wiring.model, wiring.history,
-                                    admin.stream_accounts(wiring.client, wiring.keys), args.repair,
+        report = maintenance.verify(wiring.keys, wiring.model, wiring.history,
+                                    maintenance.stream_accounts(wiring.client, wiring.keys), args.repair,
                                     not args.no_progress)
         for line in report.differences[:20]:
             print(line)
@@ -97,10 +102,10 @@ def _command(args: argparse.Namespace, wiring: Wiring, settings: ProjectorSettin
         return 0 if report.ok or (args.repair and len(report.repaired) == len(report.differences)) else 1
     if args.command == "parked" and args.parked_command == "list":
         chosen = args.partition or range(wiring.keys.partitions)
-        print(admin.render_parked(wiring.reader.parked(chosen)))
+        print(status.render_parked(wiring.dead_letters.parked(chosen)))
         return 0
     if args.command == "parked":
-        replayed = maintenance.replay_parked(wiring.reader, wiring.model, wiring.history, args.partition,
+        replayed = maintenance.replay_parked(wiring.dead_letters, wiring.model, wiring.history, args.partition,
                                              set(args.id) if args.id else None)
         for entry_id in replayed.replayed:
             print(f"replayed {entry_id}")
@@ -110,7 +115,7 @@ def _command(args: argparse.Namespace, wiring: Wiring, settings: ProjectorSettin
             print(f"released {account_id} from quarantine")
         return 0 if not replayed.remaining else 1
     if args.command == "rebuild":
-        done = maintenance.rebuild(wiring.reader, wiring.model, wiring.history, settings.timestamps_kept,
+        done = maintenance.rebuild(wiring.log, wiring.model, wiring.history, settings.timestamps_kept,
                                    not args.no_progress)
         print(f"rebuilt {done.accounts} accounts from {done.events} events in {done.seconds:.1f}s "
               f"({done.refused} refused, {done.caught_up} applied while catching up)")
@@ -132,7 +137,7 @@ def _show(account_id: str, wiring: Wiring) -> int:
 
 
 def _run(wiring: Wiring, settings: ProjectorSettings) -> int:
-    projector = Projector(wiring.reader, wiring.leases, wiring.model, wiring.history, settings, wiring.node_of)
+    projector = wiring.runner()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         projector.stop()  # the current batch finishes (write, then ack) and the loop exits

@@ -12,10 +12,13 @@ Both answer JSON with the details, so a human can read the same thing the platfo
 from __future__ import annotations
 
 import json
-import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from functools import partial
+from http.server import ThreadingHTTPServer
+
+from shared import probe_server
+from shared.probe_server import ProbeAnswer
 
 
 @dataclass(slots=True)
@@ -57,30 +60,18 @@ class Health:
                     "owned_partitions": list(self.owned)}
 
 
+def answer(health: Health, path: str) -> ProbeAnswer:
+    if path == "/healthz":
+        ok, body = health.live()
+    elif path == "/readyz":
+        ok, body = health.ready()
+    else:
+        return 404, _JSON, json.dumps({"status": "not found", "paths": ["/healthz", "/readyz"]}).encode()
+    return 200 if ok else 503, _JSON, json.dumps(body).encode()
+
+
+_JSON = {"Content-Type": "application/json"}
+
+
 def serve(health: Health, bind: str, port: int) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            path = self.path.split("?")[0]
-            if path == "/healthz":
-                ok, body = health.live()
-            elif path == "/readyz":
-                ok, body = health.ready()
-            else:
-                self._reply(404, {"status": "not found", "paths": ["/healthz", "/readyz"]})
-                return
-            self._reply(200 if ok else 503, body)
-
-        def _reply(self, status: int, body: dict[str, object]) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: object) -> None:  # health probes would flood the log
-            return
-
-    server = ThreadingHTTPServer((bind, port), Handler)
-    threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
-    return server
+    return probe_server.serve(bind, port, partial(answer, health))

@@ -26,6 +26,7 @@ from typing import Any
 
 import redis
 
+from projector.partition_log import redis_errors
 from shared.keys import KeySpace
 from shared.redis_client import UNAVAILABLE_ERRORS
 
@@ -80,10 +81,6 @@ class LeaseView:
     ttl_ms: int | None
 
 
-def lease_key(keys: KeySpace, partition: int, group: str) -> str:
-    return keys.partition_key(partition, f"lease:{group}")
-
-
 def fair_share(members: Sequence[str], me: str, partitions: int) -> int:
     """How many partitions ``me`` should own when ``members`` share ``partitions`` evenly."""
     ordered = sorted(set(members) | {me})
@@ -97,13 +94,13 @@ def preference(owner: str, partition: int) -> int:
 
 
 class PartitionLeases:
-    def __init__(self, client: redis.Redis, keys: KeySpace, group: str, owner: str, ttl_ms: int,
+    def __init__(self, client: redis.Redis, keys: KeySpace, group: str, owner: str, ttl_seconds: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._redis = client
         self._keys = keys
         self.group = group
         self.owner = owner
-        self.ttl_ms = ttl_ms
+        self.ttl_ms = max(1, round(ttl_seconds * 1000))
         self._clock = clock
         self._acquire: Any = client.register_script(_ACQUIRE)
         self._renew: Any = client.register_script(_RENEW)
@@ -113,13 +110,13 @@ class PartitionLeases:
         self.members: list[str] = [owner]
 
     def lease_key(self, partition: int) -> str:
-        return lease_key(self._keys, partition, self.group)
+        return self._keys.lease(partition, self.group)
 
     def _token_key(self, partition: int) -> str:
-        return self._keys.partition_key(partition, f"lease-token:{self.group}")
+        return self._keys.lease_token(partition, self.group)
 
     def _members_key(self) -> str:
-        return self._keys.global_key(f"projector-members:{self.group}")
+        return self._keys.projector_members(self.group)
 
     def holds(self, partition: int) -> bool:
         lease = self.owned.get(partition)
@@ -197,17 +194,23 @@ class PartitionLeases:
         with contextlib.suppress(*UNAVAILABLE_ERRORS):  # or it expires by itself
             self._release(keys=[self.lease_key(partition)], args=[lease.value])
 
+    def forget(self, partition: int) -> None:
+        """A lease found lost while acting on it (a fenced script refused): stop counting it as ours."""
+        self.owned.pop(partition, None)
+
     def release_all(self) -> None:
         for partition in list(self.owned):
             self.release(partition)
 
     def view(self, partition: int) -> LeaseView:
         key = self.lease_key(partition)
-        value: Any = self._redis.get(key)
-        if value is None:
-            return LeaseView(partition, None, None, None)
-        owner, _, token = value.decode().rpartition("|")
-        return LeaseView(partition, owner, int(token) if token.isdigit() else None, int(self._redis.pttl(key)))
+        with redis_errors():
+            value: Any = self._redis.get(key)
+            if value is None:
+                return LeaseView(partition, None, None, None)
+            ttl = int(self._redis.pttl(key))
+        owner, _, token = value.decode(errors="replace").rpartition("|")
+        return LeaseView(partition, owner, int(token) if token.isdigit() else None, ttl)
 
     def _validity(self) -> float:
         # Act only while the lease surely still holds: stop a little before Redis would let it expire.

@@ -12,14 +12,18 @@ recognised and a reissued version (Redis lost writes and handed the number out a
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from shared import account
 from shared.account import Account
 from shared.errors import CorruptHistory
 from shared.events import RecordedEvent
+
+#: Reads an account's events with version in (after, up to]; ``None``: to the end. The account stream is the
+#: source of truth the planner fills gaps from; the caller supplies it.
+History = Callable[[str, int, int | None], list[RecordedEvent]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,15 +199,41 @@ def _version(entry: LogEntry) -> int:
     return entry.event.version if entry.event is not None else 0
 
 
-def fold(events: Iterable[RecordedEvent], states: dict[str, Account]) -> list[tuple[RecordedEvent, str]]:
-    """Apply ``events`` in log order to ``states`` in place (the rebuild path); return the ones refused."""
-    refused: list[tuple[RecordedEvent, str]] = []
-    for event in events:
-        state = states.get(event.account_id) or Account(event.account_id)
+@dataclass(slots=True)
+class Built:
+    """An account as a rebuild folds it from the log: its state, its latest event and log ids, and the last
+    log entry applied."""
+
+    state: Account
+    event_ids: deque[str]
+    log_ids: deque[str]
+    partition: int
+    position: tuple[int, int]
+
+
+def fold(built: dict[str, Built], entries: Iterable[LogEntry], kept: int) -> list[tuple[LogEntry, str]]:
+    """Fold log ``entries``, in log order, into ``built`` in place (the rebuild path); return the ones refused.
+    The same event twice in the log changes nothing; an event that cannot follow its account's state is
+    refused, and its account's later events with it."""
+    refused: list[tuple[LogEntry, str]] = []
+    for entry in entries:
+        event = entry.event
+        if event is None:
+            refused.append((entry, entry.error or "undecodable entry"))
+            continue
+        item = built.get(event.account_id)
+        state = item.state if item is not None else Account(event.account_id)
         if event.version <= state.version:
             continue
         try:
-            states[event.account_id] = account.apply_recorded(state, event)
+            state = account.apply_recorded(state, event)
         except CorruptHistory as exc:
-            refused.append((event, exc.detail))
+            refused.append((entry, exc.detail))
+            continue
+        if item is None:
+            item = built[event.account_id] = Built(state, deque(maxlen=kept), deque(maxlen=kept), entry.partition,
+                                                   entry.position)
+        item.state, item.position = state, entry.position
+        item.event_ids.append(event.event_id)
+        item.log_ids.append(entry.entry_id)
     return refused

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -9,11 +10,16 @@ from typing import Any
 
 import redis
 
+from projector.dead_letters import DeadLetters
 from projector.leases import PartitionLeases
-from projector.read_model import ReadModel, connect_mongo
-from projector.reader import LogReader
-from projector.selfcheck import History
-from shared.config import ProjectorSettings, Settings
+from projector.mongo_read_model import MongoReadModel, connect
+from projector.partition_log import PartitionLog, redis_errors
+from projector.projection import History
+from projector.read_model import ReadModel
+from projector.runner import MAX_BLOCK_MS, Runner
+from projector.settings import ProjectorSettings
+from projector.subscription import ConsumerGroup
+from shared.config import Settings
 from shared.events import RecordedEvent
 from shared.keys import KeySpace
 from shared.redis_client import build_client, is_cluster
@@ -24,20 +30,33 @@ from shared.redis_store import RedisEventStore
 class Wiring:
     client: redis.Redis
     keys: KeySpace
-    reader: LogReader
+    group: ConsumerGroup
+    log: PartitionLog
+    dead_letters: DeadLetters
     leases: PartitionLeases
     model: ReadModel
     history: History
     node_of: Callable[[int], str]
+    settings: ProjectorSettings
+    #: How long a fetcher thread may block in one read: well inside the client's socket timeout.
+    block_ms: int = MAX_BLOCK_MS
+
+    def runner(self) -> Runner:
+        return Runner(self.group, self.log, self.dead_letters, self.leases, self.model, self.history, self.settings,
+                      self.node_of, self.block_ms)
 
 
 def wire(settings: Settings, projector: ProjectorSettings) -> Wiring:
     keys = KeySpace(settings.key_prefix, settings.partitions)
-    return assemble(build_client(settings), keys, projector, settings.idempotency_ttl_seconds)
+    # A pool, never one kept connection: the fetcher's threads each block in a read of their own.
+    client = build_client(dataclasses.replace(settings, redis_single_connection=False))
+    block_ms = max(1, min(MAX_BLOCK_MS, int(settings.redis_timeout_seconds * 1000 / 2)))
+    return assemble(client, keys, projector, settings.idempotency_ttl_seconds, block_ms=block_ms)
 
 
 def assemble(client: redis.Redis, keys: KeySpace, projector: ProjectorSettings, ttl_seconds: int = 86_400,
-             owner: str | None = None) -> Wiring:
+             owner: str | None = None, model: ReadModel | None = None, block_ms: int = MAX_BLOCK_MS) -> Wiring:
+    """``model`` defaults to MongoDB at the configured address (tests hand in the in-memory one)."""
     # Each process gets an identity of its own: two replicas can never be mistaken for one another, and a
     # restarted one is a new consumer (the lease, not its name, says who owns a partition).
     owner = owner or f"{projector.name}-{secrets.token_hex(3)}"
@@ -50,11 +69,13 @@ def assemble(client: redis.Redis, keys: KeySpace, projector: ProjectorSettings, 
         if not is_cluster(client):
             return "redis"
         cluster: Any = client
-        return str(cluster.get_node_from_key(keys.partition_log(partition)).name)
+        with redis_errors():
+            return str(cluster.get_node_from_key(keys.partition_log(partition)).name)
 
-    model = ReadModel(connect_mongo(projector), projector.mongodb_database, projector.mongodb_collection,
-                      projector.timestamps_kept, projector.group, owner)
-    return Wiring(client, keys, LogReader(client, keys, projector.group, owner),
-                  PartitionLeases(client, keys, projector.group, owner, projector.lease_ttl_ms),
-                  model, history, node_of)
-
+    if model is None:
+        model = MongoReadModel(connect(projector), projector.mongodb_database, projector.mongodb_collection,
+                               projector.timestamps_kept, projector.group, owner)
+    return Wiring(client, keys, ConsumerGroup(client, keys, projector.group, owner),
+                  PartitionLog(client, keys, projector.group), DeadLetters(client, keys, projector.group),
+                  PartitionLeases(client, keys, projector.group, owner, projector.lease_ttl_seconds),
+                  model, history, node_of, projector, block_ms)

@@ -4,9 +4,9 @@ Balances and amounts are integer minor units (see ``money.py``). A command's ``d
 domain event (``AccountOpened``, ``FundsDeposited``, ``FundsWithdrawn``, ``OwnerAssigned``) or raises a named
 domain error. Who owns an account is a fact of its history like its balance: ``AccountOpened`` names the
 owner (accounts opened before owners existed name none), ``OwnerAssigned`` changes it.
-``_step`` is the single fold step behind both ``apply`` (a decision, typed) and ``rebuild`` / ``apply_recorded``
-(stored events, as the store decodes them), so the state a response reports is exactly what a later
-rebuild will see.
+``fold`` is the one fold of events into state: ``rebuild`` and ``apply_recorded`` (stored events) and ``apply``
+(a decision, folded as it will be stored) all go through it, so the state a response reports is exactly
+what a later rebuild will see.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from shared.errors import (
     CorruptHistory,
     InsufficientFunds,
 )
-from shared.events import EventData, RecordedEvent
+from shared.events import SCHEMA_VERSION, EventData, RecordedEvent
 from shared.money import MAX_BALANCE_MINOR, format_minor
 from shared.principal import Owner
 
@@ -90,27 +90,27 @@ DomainEvent = AccountOpened | FundsDeposited | FundsWithdrawn | OwnerAssigned
 
 
 def apply(account: Account, event: DomainEvent, version: int, at: str) -> Account:
-    """The account after a decided ``event``, recorded as ``version`` at ``at``."""
-    return _evolve(account, event.type, event.data(), version, at)
+    """The account after a decided ``event``, recorded as ``version`` at ``at``: folded exactly as it will be
+    once stored, so what a response reports is what every later rebuild sees."""
+    return fold(account, (RecordedEvent(account.id, version, event.type, event.data(), "", at, SCHEMA_VERSION),))
 
 
 def apply_recorded(account: Account, event: RecordedEvent) -> Account:
-    """The account after one stored event (the projector's fold step)."""
-    return _evolve(account, event.type, event.data, event.version, event.recorded_at)
-
-
-def _evolve(account: Account, event_type: str, data: EventData, version: int, at: str) -> Account:
-    balance = _step(account.id, account.balance, account.version, event_type, data, version)
-    opened_at = at if event_type == OPENED else account.opened_at
-    owner = _owner(account.id, event_type, data) if event_type in _OWNING else account.owner
-    return Account(account.id, balance, version, opened_at, at, owner)
+    """The account after one stored event (for a caller that must know which event could not be applied)."""
+    return fold(account, (event,))
 
 
 def rebuild(account_id: str, events: Iterable[RecordedEvent], start: Account | None = None) -> Account:
     """The account after ``events``, folded onto ``start`` (a snapshot) or onto nothing."""
+    return fold(start or Account(account_id), events)
+
+
+def fold(start: Account, events: Iterable[RecordedEvent]) -> Account:
+    """The one fold of stored events into account state: every request's rebuild, the projector and the
+    operator tools go through it. ``CorruptHistory`` if an event cannot follow the state before it."""
     # The hot path of every request: a plain loop over locals, one Account at the end (not one per event).
-    balance, version = (start.balance, start.version) if start else (0, 0)
-    opened_at, updated_at, owner = (start.opened_at, start.updated_at, start.owner) if start else (None, None, None)
+    account_id, balance, version = start.id, start.balance, start.version
+    opened_at, updated_at, owner = start.opened_at, start.updated_at, start.owner
     for event in events:
         balance = _step(account_id, balance, version, event.type, event.data, event.version)
         if version == 0:

@@ -6,7 +6,12 @@
     {<prefix>:p<n>:<s>}:idem:<account id>:<key>   an idempotency record (hash, with a TTL); a client's key
                                                   with '{', '}' or ':' is stored as ':' + its SHA-256
     {<prefix>:p<n>:<s>}:log                       every event of partition n, in append order
-    {<prefix>:p<n>:<s>}:...                       the projector's keys of partition n (see projector/)
+    {<prefix>:p<n>:<s>}:sync                      written before a WAIT that confirms the partition's writes
+    {<prefix>:p<n>:<s>}:lease:<group>             the projector group's lease of partition n
+    {<prefix>:p<n>:<s>}:lease-token:<group>       the counter that makes every grant of that lease distinct
+    {<prefix>:p<n>:<s>}:parked:<group>            the group's dead letters of partition n
+    {<prefix>:p<n>:<s>}:quarantine:<group>        accounts whose events wait behind a parked one
+    {<prefix>:global}:projector-members:<group>   the group's live replicas
 
 ``n`` is a stable hash of the account id modulo the partition count, and the braces hold the Redis Cluster
 hash tag: one script can write an account's stream, version and partition log atomically on a single node
@@ -111,17 +116,28 @@ class KeySpace:
     def partition_log(self, partition: int) -> str:
         return _log(self.tag(partition))
 
-    def partition_key(self, partition: int, name: str) -> str:
-        """Another key of the partition (the projector's leases, parked entries, ...): same slot as its log."""
-        return f"{self.tag(partition)}:{name}"
+    def sync(self, partition: int) -> str:
+        return f"{self.tag(partition)}:sync"
+
+    def lease(self, partition: int, group: str) -> str:
+        return f"{self.tag(partition)}:lease:{group}"
+
+    def lease_token(self, partition: int, group: str) -> str:
+        return f"{self.tag(partition)}:lease-token:{group}"
+
+    def parked(self, partition: int, group: str) -> str:
+        return f"{self.tag(partition)}:parked:{group}"
+
+    def quarantine(self, partition: int, group: str) -> str:
+        return f"{self.tag(partition)}:quarantine:{group}"
+
+    def projector_members(self, group: str) -> str:
+        """The one key that belongs to no partition: which replicas of the group are alive."""
+        return f"{{{self.prefix}:global}}:projector-members:{group}"
 
     def pattern(self, kind: str = "*") -> str:
         """A SCAN pattern for this prefix's keys of one kind (``stream``, ``version``, ...)."""
         return f"{{{self.prefix}:p*}}:{kind}:*"
-
-    def global_key(self, name: str) -> str:
-        """A key that belongs to no partition (the projector's membership list)."""
-        return f"{{{self.prefix}:global}}:{name}"
 
 
 class AccountKeys(NamedTuple):

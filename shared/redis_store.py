@@ -63,12 +63,12 @@ class RedisEventStore:
     service passes one (its policy: every ``SNAPSHOT_INTERVAL`` versions)."""
 
     def __init__(self, client: redis.Redis, keys: KeySpace, idempotency_ttl_seconds: int,
-                 wait_replicas: int = 0, wait_timeout_ms: int = 1000) -> None:
+                 wait_replicas: int = 0, wait_timeout_seconds: float = 1.0) -> None:
         self._redis = client
         self._keys = keys
         self._ttl = idempotency_ttl_seconds
         self._wait_replicas = wait_replicas
-        self._wait_timeout_ms = wait_timeout_ms
+        self._wait_timeout_ms = max(1, round(wait_timeout_seconds * 1000))  # WAIT counts in milliseconds
         self._run = ScriptRunner(client)
         self._append = self._run.register(APPEND_LUA)
         self._load = self._run.register(LOAD_LUA)
@@ -122,7 +122,7 @@ class RedisEventStore:
         apply writes in order, so once they confirm this one, they hold every earlier write too."""
         if not self._wait_replicas:
             return
-        key = self._keys.partition_key(self._keys.partition_of(account_id), "sync")
+        key = self._keys.sync(self._keys.partition_of(account_id))
         with unavailable_as_store_error():
             pipe = self._node(key).pipeline(transaction=False)
             pipe.incr(key)

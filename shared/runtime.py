@@ -64,7 +64,7 @@ def redis_client() -> redis.Redis:
 def service() -> AccountService:
     config = settings()
     store = RedisEventStore(redis_client(), keys(), config.idempotency_ttl_seconds, config.redis_wait_replicas,
-                            config.redis_wait_timeout_ms)
+                            config.redis_wait_timeout_seconds)
     return AccountService(store, max_attempts=config.command_max_attempts,
                           snapshot_interval=config.snapshot_interval,
                           deadline_seconds=config.command_deadline_seconds)

@@ -29,8 +29,8 @@ HOSTILE_KEYS = ("y}:stream:_checkpoint.projector.p7", "x}:stream:ghost", 'w}:str
 
 def _env(keys: KeySpace, target: RedisTarget, mongo_uri: str, database: str) -> dict[str, str]:
     return {**target.env(), "LEDGER_KEY_PREFIX": keys.prefix, "LEDGER_PARTITIONS": str(keys.partitions),
-            "MONGODB_URI": mongo_uri, "MONGODB_DATABASE": database, "PROJECTOR_POLL_MS": "10",
-            "PROJECTOR_LEASE_TTL_MS": "3000", "PROJECTOR_HEALTH_PORT": "0", "PROJECTOR_CHECK_INTERVAL_S": "1",
+            "MONGODB_URI": mongo_uri, "MONGODB_DATABASE": database,
+            "PROJECTOR_LEASE_TTL_SECONDS": "3", "PROJECTOR_HEALTH_PORT": "0", "PROJECTOR_CHECK_INTERVAL_SECONDS": "1",
             "LOG_LEVEL": "INFO"}
 
 

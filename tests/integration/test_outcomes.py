@@ -132,7 +132,7 @@ def test_with_replica_wait_a_write_is_acknowledged_only_once_a_replica_has_it(
     primary, replica = primary_and_replica
     prefix = f"t{uuid.uuid4().hex[:8]}"
     keys = KeySpace(prefix, 4)
-    with wired(primary.url, prefix, 4, REDIS_WAIT_REPLICAS="1", REDIS_WAIT_TIMEOUT_MS="300",
+    with wired(primary.url, prefix, 4, REDIS_WAIT_REPLICAS="1", REDIS_WAIT_TIMEOUT_SECONDS="0.3",
                COMMAND_DEADLINE_SECONDS="2"):
         assert call("create_account", "acct", headers={"Idempotency-Key": "open"})["statusCode"] == 201
         assert replica.process is not None

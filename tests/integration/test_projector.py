@@ -19,8 +19,8 @@ from pymongo import MongoClient
 from devstack.mongo_standin import MongoStandIn
 from devstack.redis_server import free_port
 from projector import health, maintenance
-from projector.read_model import ReadModel, connect_mongo
-from projector.reader import to_entry
+from projector.mongo_read_model import MongoReadModel, connect
+from projector.partition_log import to_entry
 from shared import account, runtime
 from shared.events import NewEvent, RecordedEvent
 from shared.keys import KeySpace
@@ -132,12 +132,12 @@ def test_a_dead_consumer_s_pending_entries_never_make_an_account_wait(
     client.xreadgroup("projector", "pod-dead", {log: ">"}, count=1)  # reads version 1, then dies
     for _ in range(30):
         call("deposit", "held-up", {"amount": 1})
-    config = settings(mongo_standin.uri, mongo_db, lease_ttl_ms=600_000)  # no timer could have freed it
+    config = settings(mongo_standin.uri, mongo_db, lease_ttl_seconds=600)  # no timer could have freed it
     projector = make_projector(client, live_env, config)
     drain(projector)
     doc = read_model(mongo_standin.uri, mongo_db)["held-up"]
     assert (doc["version"], doc["balance_minor"]) == (31, 3000)
-    assert projector.reader.parked(range(live_env.partitions)) == []
+    assert projector.dead_letters.parked(range(live_env.partitions)) == []
     names = {c["name"] for c in client.xinfo_consumers(log, "projector")}
     assert b"pod-dead" not in names  # claimed at takeover, then removed: no consumer left behind
 
@@ -160,21 +160,21 @@ def test_poison_parks_and_quarantines_only_its_account_then_replays_after_a_fix(
     partitions = range(live_env.partitions)
     def parked_both() -> bool:
         projector.step()
-        return len(projector.reader.parked(partitions)) == 2
+        return len(projector.dead_letters.parked(partitions)) == 2
 
     wait_until(parked_both, 20, "the poison and the event behind it to be parked", interval=0.02)
     drain(projector)
     docs = read_model(mongo_standin.uri, mongo_db)
     assert docs["bystander"]["balance_minor"] == 700  # never held up by the poison
     assert docs["victim"]["version"] == 1
-    first, second = sorted(projector.reader.parked(partitions), key=lambda p: p.original_id)
+    first, second = sorted(projector.dead_letters.parked(partitions), key=lambda p: p.original_id)
     assert first.deliveries >= 3 and "unknown event type" in first.error
     assert "follows version 2" in second.error or "quarantined" in second.error
-    assert projector.reader.quarantined(live_env.partition_of("victim")).keys() == {"victim"}
+    assert projector.dead_letters.quarantined(live_env.partition_of("victim")).keys() == {"victim"}
     assert group_drained(client, live_env, "projector")  # parked means acknowledged on the log
 
     # Still broken: the replay keeps both parked and says why.
-    report = maintenance.replay_parked(projector.reader, projector.read_model, projector.history)
+    report = maintenance.replay_parked(projector.dead_letters, projector.read_model, projector.history)
     assert report.replayed == [] and len(report.remaining) == 2
 
     original = account.apply_recorded
@@ -185,18 +185,18 @@ def test_poison_parks_and_quarantines_only_its_account_then_replays_after_a_fix(
         return original(state, event)
 
     monkeypatch.setattr(account, "apply_recorded", knows_frozen_funds)
-    report = maintenance.replay_parked(projector.reader, projector.read_model, projector.history)
+    report = maintenance.replay_parked(projector.dead_letters, projector.read_model, projector.history)
     assert len(report.replayed) == 2 and report.remaining == [] and report.released == ["victim"]
     doc = read_model(mongo_standin.uri, mongo_db)["victim"]
     assert (doc["version"], doc["balance_minor"]) == (3, 700)
-    assert projector.reader.parked(partitions) == []
-    assert projector.reader.quarantined(live_env.partition_of("victim")) == {}
+    assert projector.dead_letters.parked(partitions) == []
+    assert projector.dead_letters.quarantined(live_env.partition_of("victim")) == {}
 
 
 def test_mongodb_outage_loses_nothing(client: redis.Redis, live_env: KeySpace, tmp_path: Path) -> None:
     mongo = MongoStandIn(tmp_path / "nx").start()
     try:
-        projector = make_projector(client, live_env, settings(mongo.uri, "outage", mongodb_timeout_ms=300))
+        projector = make_projector(client, live_env, settings(mongo.uri, "outage", mongodb_timeout_seconds=0.3))
         burst(accounts=4, writers=2, operations=5)
         drain(projector)
         mongo.stop()
@@ -221,7 +221,7 @@ def test_mongodb_outage_loses_nothing(client: redis.Redis, live_env: KeySpace, t
 
 def test_liveness_fails_when_the_loop_is_stuck_with_work_and_recovers(
         client: redis.Redis, live_env: KeySpace, mongo_standin: MongoStandIn, mongo_db: str) -> None:
-    projector = make_projector(client, live_env, settings(mongo_standin.uri, mongo_db, stall_s=1))
+    projector = make_projector(client, live_env, settings(mongo_standin.uri, mongo_db, stall_seconds=1))
     stuck = threading.Event()
     release = threading.Event()
     original = projector.read_model.write
@@ -281,7 +281,7 @@ def test_rebuild_matches_live_projection_and_never_empties_the_live_collection(
     thread = threading.Thread(target=reader)
     thread.start()
     try:
-        report = maintenance.rebuild(projector.reader, projector.read_model, projector.history, 20,
+        report = maintenance.rebuild(projector.log, projector.read_model, projector.history, 20,
                                      progress=False)
     finally:
         running.clear()
@@ -303,10 +303,10 @@ def test_catch_up_applies_what_arrived_during_a_rebuild(client: redis.Redis, liv
     burst(accounts=3, writers=2, operations=5)
     projector = make_projector(client, live_env, settings(mongo_standin.uri, mongo_db))
     drain(projector)
-    ends = {p: projector.reader.log_end(p) for p in range(live_env.partitions)}
+    ends = {p: projector.log.end(p) for p in range(live_env.partitions)}
     for account_id in ("acct-0", "acct-1", "acct-2"):
         call("deposit", account_id, {"amount": 1})
-    model, reader, history = projector.read_model, projector.reader, projector.history
+    model, reader, history = projector.read_model, projector.log, projector.history
     assert maintenance.catch_up(reader, model, history, ends) == 3
     assert maintenance.catch_up(reader, model, history, ends) == 3  # again: recognised, nothing written twice
     assert_read_model_matches(client, live_env, mongo_standin.uri, mongo_db)
@@ -319,8 +319,8 @@ def test_the_configured_database_and_collection_receive_the_documents(
     drain(make_projector(client, live_env, config))
     assert set(read_model(mongo_standin.uri, mongo_db, "elsewhere")) == {"placed"}
     assert read_model(mongo_standin.uri, mongo_db) == {}
-    model = ReadModel(connect_mongo(config), mongo_db, "elsewhere", 3)
-    assert model.count() == 1
+    model = MongoReadModel(connect(config), mongo_db, "elsewhere", 3)
+    assert len(model.documents()) == 1
     model.ping()
 
 
@@ -328,4 +328,4 @@ def test_read_model_module_is_the_only_pymongo_user() -> None:
     root = Path(__file__).resolve().parents[2]
     users = {path.relative_to(root).as_posix() for folder in ("shared", "projector", "functions", "gateway")
              for path in (root / folder).rglob("*.py") if "pymongo" in path.read_text()}
-    assert users == {"projector/read_model.py"}
+    assert users == {"projector/mongo_read_model.py"}

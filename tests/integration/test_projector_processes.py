@@ -38,8 +38,8 @@ pytestmark = pytest.mark.mongo
 
 def _env(keys: KeySpace, target: RedisTarget, mongo_uri: str, database: str, **extra: str) -> dict[str, str]:
     return {**target.env(), "LEDGER_KEY_PREFIX": keys.prefix, "LEDGER_PARTITIONS": str(keys.partitions),
-            "MONGODB_URI": mongo_uri, "MONGODB_DATABASE": database, "PROJECTOR_POLL_MS": "10",
-            "PROJECTOR_LEASE_TTL_MS": "3000", "PROJECTOR_HEALTH_PORT": "0", "PROJECTOR_CHECK_INTERVAL_S": "2",
+            "MONGODB_URI": mongo_uri, "MONGODB_DATABASE": database,
+            "PROJECTOR_LEASE_TTL_SECONDS": "3", "PROJECTOR_HEALTH_PORT": "0", "PROJECTOR_CHECK_INTERVAL_SECONDS": "2",
             "LOG_LEVEL": "INFO", **extra}
 
 
@@ -87,7 +87,7 @@ def test_the_livelock_reproduction_converges_within_10_s_of_a_restart(
     # The first run reads entries but cannot write them (its MongoDB is away), so it is stopped holding
     # pending entries: the restart has to take them over, not find everything done.
     first = ProjectorProcess({**env, "MONGODB_URI": f"mongodb://127.0.0.1:{free_port()}",
-                              "MONGODB_TIMEOUT_MS": "300"})
+                              "MONGODB_TIMEOUT_SECONDS": "0.3"})
     processes.append(first)
     wait_until(lambda: first.logged("mongodb unavailable"), 30, "the first projector to hold entries it read")
     assert first.terminate() == 0
@@ -108,7 +108,7 @@ def test_the_livelock_reproduction_converges_within_10_s_of_a_restart(
 def _lease_owners(client: redis.Redis, keys: KeySpace) -> dict[int, str | None]:
     owners: dict[int, str | None] = {}
     for partition in range(keys.partitions):
-        value: Any = client.get(keys.partition_key(partition, "lease:projector"))
+        value: Any = client.get(keys.lease(partition, "projector"))
         owners[partition] = value.decode().rpartition("|")[0] if value else None
     return owners
 
@@ -185,7 +185,7 @@ def test_three_replicas_share_the_partitions_and_take_over_from_a_killed_one(
 
     def start(name: str) -> None:
         replicas[name] = ProjectorProcess(_env(keys, redis_target, mongo_standin.uri, mongo_db, PROJECTOR_NAME=name,
-                                               PROJECTOR_LEASE_TTL_MS=str(int(ttl_s * 1000))))
+                                               PROJECTOR_LEASE_TTL_SECONDS=str(ttl_s)))
         processes.append(replicas[name])
 
     ids = [f"acct-{n}" for n in range(30)]
@@ -308,7 +308,7 @@ def test_a_command_whose_server_is_down_says_so_in_one_line(
         command: list[str], needs: set[str], live_env: KeySpace, redis_target: RedisTarget,
         mongo_standin: MongoStandIn, mongo_db: str) -> None:
     env = _env(live_env, redis_target, mongo_standin.uri, mongo_db, REDIS_TIMEOUT_SECONDS="0.3",
-               MONGODB_TIMEOUT_MS="300")
+               MONGODB_TIMEOUT_SECONDS="0.3")
     dead = f"127.0.0.1:{free_port()}"
     for server in sorted(needs):
         down = {"REDIS_URL": f"redis://{dead}/0", "REDIS_CLUSTER_NODES": ""} if server == "Redis" else {

@@ -20,9 +20,9 @@ from pymongo import MongoClient
 from devstack.mongo_standin import MongoStandIn
 from devstack.redis_cluster import LocalCluster
 from devstack.redis_server import RedisProcess
-from projector import admin, maintenance
+from projector import maintenance, status
+from projector.runner import Runner
 from projector.wiring import assemble
-from projector.worker import Projector
 from shared import runtime
 from shared.keys import KeySpace
 from tests.support.apigw import body_of, call
@@ -72,7 +72,7 @@ def recorder() -> Iterator[Recorder]:
 class Running:
     """A projector running in a thread of this process."""
 
-    def __init__(self, projector: Projector) -> None:
+    def __init__(self, projector: Runner) -> None:
         self.projector = projector
         self.thread = threading.Thread(target=projector.run, daemon=True)
         self.thread.start()
@@ -144,7 +144,7 @@ def test_a_wiped_read_model_is_reprojected_and_status_never_calls_it_healthy_mea
         call("create_account", f"acct-{n}")
         for _ in range(5):
             call("deposit", f"acct-{n}", {"amount": 2})
-    config = settings(mongo_standin.uri, mongo_db, check_interval_s=1, batch_size=5)
+    config = settings(mongo_standin.uri, mongo_db, check_interval_seconds=1, batch_size=5)
     running = Running(make_projector(client, live_env, config))
     observer = assemble(client, live_env, config)
     try:
@@ -153,11 +153,12 @@ def test_a_wiped_read_model_is_reprojected_and_status_never_calls_it_healthy_mea
         healthy_while_wrong = []
 
         def healthy_and_complete() -> bool:
-            rows = admin.status(observer.reader, observer.leases, observer.model, config.stall_s)
+            rows = status.status(observer.log, observer.dead_letters, observer.leases, observer.model,
+                                 config.stall_seconds)
             healthy = all(not row.problems and row.lag == 0 for row in rows)
             complete = _converged(client, live_env, mongo_standin.uri, mongo_db)
             if healthy and not complete:
-                healthy_while_wrong.append(admin.render(rows, config.group))
+                healthy_while_wrong.append(status.render(rows, config.group))
             return healthy and complete
 
         wait_until(healthy_and_complete, 30, "the read model to be re-projected", interval=0.02)
@@ -180,8 +181,8 @@ def test_verify_finds_a_corrupted_document_and_repair_fixes_it(
     collection.insert_one({"_id": "ghost", "version": 1, "balance_minor": 5})
 
     def check(repair: bool) -> maintenance.VerifyReport:
-        return maintenance.verify(projector.reader, projector.read_model, projector.history,
-                                  admin.stream_accounts(client, live_env), repair=repair, progress=False)
+        return maintenance.verify(live_env, projector.read_model, projector.history,
+                                  maintenance.stream_accounts(client, live_env), repair=repair, progress=False)
 
     found = check(repair=False)
     assert not found.ok and found.accounts == 5

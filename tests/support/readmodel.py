@@ -17,10 +17,11 @@ from typing import Any
 import redis
 from pymongo import MongoClient
 
+from projector.read_model import ReadModel
+from projector.runner import Runner
+from projector.settings import ProjectorSettings
 from projector.wiring import assemble
-from projector.worker import Projector
 from shared import account
-from shared.config import ProjectorSettings
 from shared.keys import KeySpace
 from shared.money import format_minor
 from shared.stream_codec import decode_entries
@@ -30,25 +31,29 @@ COLLECTION = "accountCollection"
 
 def settings(mongo_uri: str, database: str, **overrides: Any) -> ProjectorSettings:
     base = ProjectorSettings(mongodb_uri=mongo_uri, mongodb_database=database, name="test", batch_size=100,
-                             poll_ms=5, lease_ttl_ms=2000, max_deliveries=3, health_port=0, check_interval_s=1,
-                             stall_s=5, mongodb_timeout_ms=1000)
+                             lease_ttl_seconds=2.0, max_deliveries=3, health_port=0, check_interval_seconds=1.0,
+                             stall_seconds=5.0, mongodb_timeout_seconds=1.0)
     return replace(base, **overrides)
 
 
-def make_projector(client: redis.Redis, keys: KeySpace, config: ProjectorSettings,
-                   owner: str | None = None) -> Projector:
-    wiring = assemble(client, keys, config, owner=owner)
-    return Projector(wiring.reader, wiring.leases, wiring.model, wiring.history, config, wiring.node_of)
+def make_projector(client: redis.Redis, keys: KeySpace, config: ProjectorSettings, owner: str | None = None,
+                   model: ReadModel | None = None) -> Runner:
+    """A projector in process, on MongoDB at ``config``'s address unless ``model`` is given (the fake). On a
+    pool of its own: its fetcher's threads block in reads, which one kept connection would serialise."""
+    if getattr(client, "connection", None) is not None:  # the service's client keeps one connection
+        client = redis.Redis(connection_pool=client.connection_pool)
+    return assemble(client, keys, config, owner=owner, model=model, block_ms=100).runner()
 
 
-def drain(projector: Projector, quiet_steps: int = 3, timeout: float = 60.0) -> None:
+def drain(projector: Runner, quiet_steps: int = 3, timeout: float = 60.0) -> None:
     """Step until the projector owns partitions and ``quiet_steps`` steps in a row find nothing to do."""
     deadline = time.monotonic() + timeout
     quiet = 0
     while quiet < quiet_steps:
         assert time.monotonic() < deadline, "projector did not drain"
         report = projector.step()
-        busy = report.entries or any(s.held or s.reproject or s.cursor for s in projector.partitions.values())
+        busy = report.entries or any(p.retries.held or p.progress.reproject or p.reading.cursor
+                                     for p in projector.partitions.values())
         quiet = 0 if busy or not projector.partitions else quiet + 1
 
 
@@ -75,8 +80,13 @@ def read_model(mongo_uri: str, database: str, collection: str = COLLECTION) -> d
 
 def assert_read_model_matches(client: redis.Redis, keys: KeySpace, mongo_uri: str, database: str,
                               collection: str = COLLECTION) -> dict[str, dict[str, Any]]:
+    return assert_documents_match(client, keys, read_model(mongo_uri, database, collection))
+
+
+def assert_documents_match(client: redis.Redis, keys: KeySpace, docs: dict[str, dict[str, Any]]
+                           ) -> dict[str, dict[str, Any]]:
+    """Every account document says what its stream says (balance, version, its latest event ids)."""
     expected = expected_from_streams(client, keys)
-    docs = read_model(mongo_uri, database, collection)
     assert set(docs) == set(expected)
     for account_id, (balance, version) in expected.items():
         doc = docs[account_id]

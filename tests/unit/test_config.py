@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared.config import AuthSettings, ConfigError, Settings, load_auth_settings, load_settings
+from projector.settings import load_projector_settings
+from shared.config import RENAMED, AuthSettings, ConfigError, Settings, load_auth_settings, load_settings
 
 
 def test_defaults() -> None:
@@ -60,15 +61,30 @@ def test_cluster_settings_are_validated(environ: dict[str, str], message: str) -
         load_settings(environ)
 
 
-def test_the_dev_ports_move_every_tool_s_defaults() -> None:
-    from shared.config import load_projector_settings
+def test_dev_only_variables_are_devstack_s_alone() -> None:
+    """The service and the projector never read DEV_*: a stray one in a shell cannot point them elsewhere."""
+    stray = {"DEV_REDIS_PORT": "6390", "DEV_MONGO_PORT": "27090"}
+    assert load_settings(stray).redis_url == "redis://localhost:6379/0"
+    assert load_projector_settings(stray).mongodb_uri == "mongodb://localhost:27017"
 
-    assert load_settings({"DEV_REDIS_PORT": "6390"}).redis_url == "redis://localhost:6390/0"
-    assert load_projector_settings({"DEV_MONGO_PORT": "27090"}).mongodb_uri == "mongodb://localhost:27090"
-    assert load_settings({"DEV_REDIS_PORT": "6390", "REDIS_URL": "redis://elsewhere:1/0"}).redis_url == \
-        "redis://elsewhere:1/0"
-    with pytest.raises(ConfigError, match="DEV_REDIS_PORT"):
-        load_settings({"DEV_REDIS_PORT": "abc"})
+
+@pytest.mark.parametrize(("old", "new"), sorted(RENAMED.items()))
+def test_a_renamed_variable_says_what_it_is_called_now(old: str, new: str) -> None:
+    with pytest.raises(ConfigError, match=f"{old} was renamed {new}"):
+        load_settings({old: "5"})
+
+
+def test_a_retired_variable_is_refused_with_the_reason() -> None:
+    with pytest.raises(ConfigError, match="PROJECTOR_POLL_MS is no longer read"):
+        load_projector_settings({"PROJECTOR_POLL_MS": "50"})
+
+
+def test_durations_are_seconds() -> None:
+    settings = load_projector_settings({"PROJECTOR_LEASE_TTL_SECONDS": "2.5", "MONGODB_TIMEOUT_SECONDS": "0.3",
+                                        "PROJECTOR_CHECK_INTERVAL_SECONDS": "1"})
+    assert (settings.lease_ttl_seconds, settings.mongodb_timeout_seconds, settings.check_interval_seconds) == (
+        2.5, 0.3, 1.0)
+    assert load_settings({"REDIS_WAIT_TIMEOUT_SECONDS": "0.25"}).redis_wait_timeout_seconds == 0.25
 
 
 GOOD_AUTH = {"AUTH_ISSUER": "https://issuer.example.com/realms/bank", "AUTH_AUDIENCE": "ledger-api"}

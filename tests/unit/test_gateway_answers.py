@@ -8,8 +8,9 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from gateway import create_app
+from gateway.settings import load_gateway_settings
 from shared.api import Dependencies
-from shared.config import ConfigError, Settings, load_gateway_settings
+from shared.config import ConfigError, Settings
 from shared.errors import StoreUnavailable
 from tests.fakes import InMemoryEventStore
 from tests.support.memory import memory_dependencies

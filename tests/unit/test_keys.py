@@ -33,7 +33,7 @@ def test_every_key_of_an_account_shares_its_partition_log_slot() -> None:
         slots = {key_slot(key.encode()) for key in (
             LEDGER.stream(account_id), LEDGER.version(account_id), LEDGER.snapshot(account_id),
             LEDGER.idempotency(account_id, "k"), LEDGER.partition_log(partition),
-            LEDGER.partition_key(partition, "lease"))}
+            LEDGER.lease(partition, "projector"))}
         assert slots == {LEDGER.slot(partition)}
 
 

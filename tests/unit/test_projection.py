@@ -9,8 +9,8 @@ from functools import partial
 import pytest
 
 from projector.leases import fair_share, preference
-from projector.projection import Current, LogEntry, fold, plan
-from projector.worker import Backoff
+from projector.partitions import Backoff
+from projector.projection import Built, Current, LogEntry, fold, plan
 from shared.account import DEPOSITED, OPENED, WITHDRAWN, Account
 from shared.events import RecordedEvent
 
@@ -118,11 +118,12 @@ def test_withdrawals_are_facts_not_decisions() -> None:
 
 
 def test_fold_for_rebuild() -> None:
-    states: dict[str, Account] = {}
-    events = [e.event for e in [*history(3), entry(4, "Mystery")] if e.event]
-    refused = fold(events, states)
-    assert states["a"].version == 3
-    assert len(refused) == 1
+    built: dict[str, Built] = {}
+    entries = [*history(3), entry(4, "Mystery")]
+    refused = fold(built, entries + entries[:2], kept=2)  # the same entries twice in the log change nothing
+    assert built["a"].state.version == 3
+    assert list(built["a"].event_ids) == ["ea2", "ea3"] and built["a"].position == entries[2].position
+    assert [e.entry_id for e, _ in refused] == [entries[3].entry_id]
 
 
 @pytest.mark.parametrize(("members", "partitions", "shares"), [

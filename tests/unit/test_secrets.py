@@ -11,7 +11,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from shared.config import ConfigError, load_projector_settings, load_settings
+from projector.settings import load_projector_settings
+from shared.config import ConfigError, load_settings
 
 
 @pytest.fixture

@@ -8,21 +8,15 @@ read model last moved, and whether it disagrees with the log.
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
-import redis
-
-from projector import selfcheck
+from projector import recovery
+from projector.dead_letters import DeadLetters, ParkedEntry
 from projector.leases import PartitionLeases
+from projector.partition_log import PartitionLog
 from projector.read_model import ReadModel
-from projector.reader import LogReader, ParkedEntry
-from shared.keys import KeySpace
 
-log = logging.getLogger("ledgerstream.projector")
 _LAG_CAP = 10_000
 
 
@@ -44,29 +38,30 @@ class PartitionStatus:
     problems: list[str] = field(default_factory=list)
 
 
-def status(reader: LogReader, leases: PartitionLeases, model: ReadModel, stall_s: float) -> list[PartitionStatus]:
+def status(partition_log: PartitionLog, dead_letters: DeadLetters, leases: PartitionLeases, model: ReadModel,
+           stall_s: float) -> list[PartitionStatus]:
     rows = []
     now_ms = time.time() * 1000
-    for partition in range(reader.keys.partitions):
+    for partition in range(partition_log.keys.partitions):
         view = leases.view(partition)
-        finding = selfcheck.compare(reader, model, partition)
-        info = reader.group_info(partition)
-        lag = reader.count_after(partition, finding.keep, _LAG_CAP)
-        oldest_id = reader.oldest_pending(partition) if info and info.pending else None
+        finding = recovery.compare(partition_log, model, partition)
+        info = partition_log.group_info(partition)
+        lag = partition_log.count_after(partition, finding.keep, _LAG_CAP)
+        oldest_id = partition_log.oldest_pending(partition) if info and info.pending else None
         oldest = None if oldest_id is None else max(0.0, (now_ms - int(oldest_id.split("-")[0])) / 1000)
         updated = finding.checkpoint.updated_ms if finding.checkpoint else None
         progress = None if updated is None else max(0.0, (now_ms - updated) / 1000)
-        parked, quarantined = len(reader.parked([partition])), len(reader.quarantined(partition))
+        parked, quarantined = len(dead_letters.parked([partition])), len(dead_letters.quarantined(partition))
         diverged = _divergence(finding)
-        row = PartitionStatus(partition, view.owner, reader.length(partition), lag, info.pending if info else 0,
-                              oldest, progress, finding.keep, reader.log_end(partition), parked, quarantined,
-                              diverged)
+        row = PartitionStatus(partition, view.owner, partition_log.length(partition), lag,
+                              info.pending if info else 0, oldest, progress, finding.keep,
+                              partition_log.end(partition), parked, quarantined, diverged)
         row.problems.extend(_problems(row, stall_s))
         rows.append(row)
     return rows
 
 
-def _divergence(finding: selfcheck.Finding) -> str | None:
+def _divergence(finding: recovery.Finding) -> str | None:
     if finding.malformed:
         return f"{finding.malformed} (the projector replaces it and re-projects the partition)"
     if finding.redis_behind:
@@ -123,22 +118,3 @@ def render_parked(entries: list[ParkedEntry]) -> str:
 
 def _field(fields: dict[bytes, bytes], name: bytes) -> str:
     return fields.get(name, b"?").decode(errors="replace")
-
-
-def stream_accounts(client: redis.Redis, keys: KeySpace) -> Iterator[str]:
-    """Every account with a stream under this prefix (SCAN on every master of a cluster). A key the SCAN
-    pattern finds that is not exactly an account's stream key (a client's idempotency key shaped like one, a
-    hand-made key) is foreign: logged, never taken for an account."""
-    key: Any
-    for key in client.scan_iter(match=keys.pattern("stream"), count=1000):
-        account_id = keys.stream_account(key)
-        if account_id is None:
-            log.warning("ignoring %r: not the stream key of an account", _shown(key),
-                        extra={"fields": {"foreign_key": _shown(key)}})
-            continue
-        yield account_id
-
-
-def _shown(key: bytes | str) -> str:
-    text = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
-    return text if len(text) <= 200 else text[:200] + "..."

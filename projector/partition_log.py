@@ -1,0 +1,133 @@
+"""A partition log as recovery, ``status`` and the rebuild read it: its entries by id and range, its end, and
+what its consumer group has delivered and still holds pending. Read-only; every command touches one
+partition's keys, so all of it runs unchanged on a cluster.
+
+This module also translates Redis's errors into the project's for every projector adapter (``redis_errors``):
+an outage becomes ``StoreUnavailable``, a vanished log or group ``GroupMissing``. The loop sees only those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from redis.exceptions import RedisClusterException, ResponseError
+
+from projector.projection import LogEntry
+from shared.errors import CorruptHistory, StoreUnavailable
+from shared.keys import KeySpace
+from shared.redis_client import UNAVAILABLE_ERRORS
+from shared.stream_codec import decode_mapping
+
+
+class GroupMissing(Exception):
+    """The partition's log or its consumer group is gone (Redis came back empty, or someone deleted them)."""
+
+    def __init__(self, partition: int) -> None:
+        super().__init__(f"partition {partition}: no consumer group")
+        self.partition = partition
+
+
+#: Redis out of reach, a cluster client that cannot find a node for a slot included.
+_UNAVAILABLE: tuple[type[Exception], ...] = (*UNAVAILABLE_ERRORS, RedisClusterException)
+
+
+@contextmanager
+def redis_errors(partition: int | None = None) -> Iterator[None]:
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        raise StoreUnavailable.unreachable() from exc
+    except ResponseError as exc:
+        if "NOGROUP" in str(exc) and partition is not None:
+            raise GroupMissing(partition) from exc
+        raise
+
+
+@dataclass(frozen=True, slots=True)
+class GroupInfo:
+    last_delivered: str
+    pending: int
+    lag: int | None
+    consumers: int
+
+
+def to_entry(partition: int, entry_id: str, fields: dict[bytes, bytes]) -> LogEntry:
+    try:
+        return LogEntry(partition, entry_id, fields, decode_mapping(fields))
+    except CorruptHistory as exc:
+        return LogEntry(partition, entry_id, fields, None, exc.detail)
+
+
+def text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value or "")
+
+
+class PartitionLog:
+    def __init__(self, client: redis.Redis, keys: KeySpace, group: str) -> None:
+        self._redis = client
+        self.keys = keys
+        self.group = group
+
+    def _key(self, partition: int) -> str:
+        return self.keys.partition_log(partition)
+
+    def group_info(self, partition: int) -> GroupInfo | None:
+        with redis_errors():
+            try:
+                groups: Any = self._redis.xinfo_groups(self._key(partition))
+            except ResponseError:  # no such key yet
+                return None
+        info = next((g for g in groups if text(g.get("name")) == self.group), None)
+        if info is None:
+            return None
+        lag = info.get("lag")
+        return GroupInfo(text(info.get("last-delivered-id")) or "0-0", int(info["pending"]),
+                         None if lag is None else int(lag), int(info["consumers"]))
+
+    def pending_ids(self, partition: int, low: str, high: str, count: int) -> set[str]:
+        with redis_errors(partition):
+            found: Any = self._redis.xpending_range(self._key(partition), self.group, low, high, count)
+        return {text(item["message_id"]) for item in found}
+
+    def oldest_pending(self, partition: int) -> str | None:
+        with redis_errors(partition):
+            summary: Any = self._redis.xpending(self._key(partition), self.group)
+        low = text(summary.get("min")) if summary else ""
+        return low or None
+
+    def entry(self, partition: int, entry_id: str) -> LogEntry | None:
+        with redis_errors():
+            found: Any = self._redis.xrange(self._key(partition), entry_id, entry_id)
+        return to_entry(partition, text(found[0][0]), found[0][1]) if found else None
+
+    def last_before(self, partition: int, entry_id: str) -> str | None:
+        with redis_errors():
+            found: Any = self._redis.xrevrange(self._key(partition), f"({entry_id}", "-", count=1)
+        return text(found[0][0]) if found else None
+
+    def end(self, partition: int) -> str:
+        with redis_errors():
+            found: Any = self._redis.xrevrange(self._key(partition), count=1)
+        return text(found[0][0]) if found else "0-0"
+
+    def length(self, partition: int) -> int:
+        with redis_errors():
+            return int(self._redis.xlen(self._key(partition)))
+
+    def count_after(self, partition: int, after: str, cap: int) -> int:
+        """Entries after ``after`` (exclusive), counting at most ``cap``."""
+        start = "-" if after == "0-0" else f"({after}"
+        with redis_errors():
+            found: Any = self._redis.xrange(self._key(partition), start, "+", count=cap)
+        return len(found or [])
+
+    def scan(self, partition: int, after: str, until: str, count: int) -> list[LogEntry]:
+        """Entries in ``(after, until]`` (no group involved), for re-projection and rebuild."""
+        start = "-" if after == "0-0" else f"({after}"
+        with redis_errors():
+            found: Any = self._redis.xrange(self._key(partition), start, until, count=count)
+        return [to_entry(partition, text(raw_id), fields) for raw_id, fields in found or []]

@@ -1,0 +1,210 @@
+"""The processor: takes a batch of log entries to the read model and settles every one of them.
+
+Each entry ends one of three ways: **acknowledged** (``_acknowledge``) once the read model has it (written now,
+already there, or repaired from its account's stream); **held** for another try from memory, with back-off;
+or, after ``max_deliveries`` tries, **parked** with its error and its account **quarantined**, so the
+account's later events are parked behind it (never applied out of order) while every other account flows on.
+Acknowledging only after the read model has the entry means a crash anywhere loses nothing (the entry stays
+pending and its next owner claims it) and applies nothing twice (the version guard skips what was written).
+Each batch also moves its partitions' checkpoints, guarded: a checkpoint that is not where this replica left
+it was wiped, restored or rebuilt under it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from projector import projection
+from projector.applying import Applied, plan_entries, write_plan
+from projector.partition_log import PartitionLog
+from projector.partitions import Held, LeaseLost, Partition, Settling, backoff_delay
+from projector.projection import History, LogEntry, entry_position
+from projector.read_model import CheckpointWrite, ReadModel
+
+log = logging.getLogger("ledgerstream.projector")
+_FIRST_RETRY_SECONDS = 0.05
+_MAX_RETRY_SECONDS = 5.0
+
+
+@dataclass(slots=True)
+class BatchReport:
+    entries: int = 0
+    applied: int = 0
+    skipped: int = 0
+    repaired: int = 0
+    held: int = 0
+    parked: int = 0
+
+    @property
+    def progressed(self) -> bool:
+        return bool(self.applied or self.skipped or self.parked or self.repaired)
+
+
+class Processor:
+    def __init__(self, group: Settling, partition_log: PartitionLog, model: ReadModel, history: History,
+                 partitions: dict[int, Partition], max_deliveries: int, on_lease_lost: Callable[[int], None],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._group = group
+        self._log = partition_log
+        self._model = model
+        self._history = history
+        self._partitions = partitions
+        self._max_deliveries = max_deliveries
+        self._on_lease_lost = on_lease_lost
+        self._clock = clock
+
+    def process(self, entries: list[LogEntry]) -> BatchReport:
+        report = BatchReport(entries=len(entries))
+        live, quarantined = self._split_quarantined(entries)
+        plan = plan_entries(live, self._model, self._history)
+        checkpoints = self._checkpoints(plan)
+        applied = write_plan(plan, self._model, self._history, checkpoints)
+        if not applied.checkpoints_held:
+            self._checkpoint_moved_under_us([c.partition for c in checkpoints])
+        self._settle(applied, report)
+        report.parked = self._park_quarantined(quarantined)
+        report.held, parked = self._hold_or_park(applied.failed)
+        report.parked += parked
+        return report
+
+    def _split_quarantined(self, entries: list[LogEntry]) -> tuple[list[LogEntry], list[LogEntry]]:
+        """Each entry once; those of quarantined accounts apart (they are parked behind their account's poison)."""
+        live: list[LogEntry] = []
+        quarantined: list[LogEntry] = []
+        for entry in {(e.partition, e.entry_id): e for e in entries}.values():
+            partition = self._partitions.get(entry.partition)
+            quarantine = partition.retries.quarantine if partition is not None else {}
+            (quarantined if entry.account_id in quarantine else live).append(entry)
+        return live, quarantined
+
+    def _settle(self, applied: Applied, report: BatchReport) -> None:
+        report.applied, report.skipped, report.repaired = (len(applied.written), len(applied.skipped),
+                                                           len(applied.repaired))
+        settled: dict[int, list[LogEntry]] = defaultdict(list)
+        for entry in applied.settled:
+            settled[entry.partition].append(entry)
+        for number, done in settled.items():
+            self._acknowledge(number, done)
+
+    def _acknowledge(self, number: int, entries: list[LogEntry]) -> None:
+        """Where an entry is acknowledged: only here, once the read model has it, fenced by our lease."""
+        partition = self._partitions.get(number)
+        if partition is None:
+            return
+        try:
+            self._group.acknowledge(partition.lease, number, [e.entry_id for e in entries])
+        except LeaseLost:
+            log.warning("partition %d: lease lost before acknowledging; the next owner settles these entries",
+                        number, extra={"fields": {"partition": number, "lease": "lost"}})
+            self._on_lease_lost(number)
+            return
+        for entry in entries:
+            partition.retries.held.pop(entry.entry_id, None)
+
+    def _park_quarantined(self, entries: list[LogEntry]) -> int:
+        parked = 0
+        for entry in entries:
+            partition = self._partitions.get(entry.partition)
+            if partition is None:
+                continue
+            account_id = entry.account_id or "?"
+            reason = f"account {account_id} is quarantined: {partition.retries.quarantine.get(account_id, '')}"
+            parked += self._park(partition, entry, reason[:500], 0)
+        return parked
+
+    def _hold_or_park(self, failed: list[tuple[LogEntry, str]]) -> tuple[int, int]:
+        held = parked = 0
+        now = self._clock()
+        for entry, error in failed:
+            partition = self._partitions.get(entry.partition)
+            if partition is None:
+                continue
+            known = partition.retries.held.get(entry.entry_id)
+            attempts = (known.attempts if known else 0) + 1
+            if attempts >= self._max_deliveries:
+                parked += self._park(partition, entry, error, attempts)
+                continue
+            due = now + backoff_delay(_FIRST_RETRY_SECONDS, _MAX_RETRY_SECONDS, attempts, jitter=False)
+            partition.retries.held[entry.entry_id] = Held(entry, attempts, due, error)
+            held += 1
+            if known is None:
+                log.warning("entry %s of partition %d cannot be applied yet (attempt %d of %d): %s",
+                            entry.entry_id, entry.partition, attempts, self._max_deliveries, error)
+        return held, parked
+
+    def _park(self, partition: Partition, entry: LogEntry, error: str, attempts: int) -> bool:
+        try:
+            self._group.park(partition.lease, entry, error, attempts, quarantine=entry.account_id is not None)
+        except LeaseLost:
+            self._on_lease_lost(entry.partition)
+            return False
+        partition.retries.held.pop(entry.entry_id, None)
+        if entry.account_id is not None:
+            partition.retries.quarantine.setdefault(entry.account_id, error[:500])
+        log.error("parked entry %s of partition %d (account %s) after %d attempts; the account is quarantined "
+                  "until its parked events are replayed: %s", entry.entry_id, entry.partition, entry.account_id,
+                  attempts, error, extra={"fields": {"entry_id": entry.entry_id, "partition": entry.partition,
+                                                     "account_id": entry.account_id, "parked": True}})
+        return True
+
+    # --- checkpoints ---
+
+    def _checkpoints(self, plan: projection.Plan) -> list[CheckpointWrite]:
+        """Each partition's new checkpoint: the last entry this batch settles, unless a re-projection of
+        older entries is still under way (then everything up to its cursor is known to be in)."""
+        last: dict[int, LogEntry] = {}
+        candidates = [*plan.done, *(e for w in plan.writes for e in w.entries),
+                      *(e for _, entries in plan.diverged.values() for e in entries)]
+        for entry in candidates:
+            if entry.partition not in last or entry.position > last[entry.partition].position:
+                last[entry.partition] = entry
+        moves = []
+        for number, entry in last.items():
+            partition = self._partitions.get(number)
+            if partition is None:
+                continue
+            progress = partition.progress
+            if progress.reproject is not None:
+                if progress.settled_meanwhile is None or entry.position > progress.settled_meanwhile.position:
+                    progress.settled_meanwhile = entry
+                continue
+            if progress.checkpoint is None or entry_position(progress.checkpoint) >= entry.position:
+                continue  # unknown until the self-check has run, or already past this entry
+            if not self._checkpoint_in_log(partition):
+                continue
+            event_id = entry.event.event_id if entry.event else ""
+            moves.append(CheckpointWrite(number, entry.entry_id, event_id, expected=progress.checkpoint))
+            progress.checkpoint, progress.checkpoint_event = entry.entry_id, event_id
+        return moves
+
+    def _checkpoint_in_log(self, partition: Partition) -> bool:
+        """Is the entry our checkpoint names still in the log, holding the same event? Checked before the
+        checkpoint moves on: once moved past a Redis that went back in time, the evidence would be gone."""
+        progress = partition.progress
+        if progress.checkpoint in (None, "0-0"):
+            return True
+        assert progress.checkpoint is not None
+        found = self._log.entry(partition.number, progress.checkpoint)
+        if found is not None and (found.event is None or not progress.checkpoint_event
+                                  or found.event.event_id == progress.checkpoint_event):
+            return True
+        log.error("partition %d: the log no longer holds checkpoint %s; checking the read model against it now",
+                  partition.number, progress.checkpoint,
+                  extra={"fields": {"partition": partition.number, "divergence": "redis-behind"}})
+        progress.forget()
+        return False
+
+    def _checkpoint_moved_under_us(self, numbers: list[int]) -> None:
+        """A checkpoint was not where we left it: the collection was wiped, restored or rebuilt under us.
+        Forget what we believed and let the self-check find out, at once."""
+        for number in numbers:
+            partition = self._partitions.get(number)
+            if partition is not None:
+                partition.progress.forget()
+        log.error("the read model's checkpoints of partitions %s are not where this projector left them "
+                  "(wiped, restored or rebuilt?); checking them against the logs now", numbers,
+                  extra={"fields": {"partitions": numbers, "divergence": "checkpoint-moved"}})

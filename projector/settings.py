@@ -1,0 +1,57 @@
+"""The projector's settings, beyond the Redis ones it shares with the functions (``shared.config.Settings``)."""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from shared.config import Environment
+
+
+@dataclass(frozen=True)
+class ProjectorSettings:
+    mongodb_uri: str = field(default="mongodb://localhost:27017", repr=False)  # may embed a password
+    mongodb_database: str = "accountDB"
+    mongodb_collection: str = "accountCollection"
+    mongodb_timeout_seconds: float = 5.0
+    group: str = "projector"
+    #: A readable name for this replica; each process adds a random suffix, so two can never share an identity.
+    name: str = ""
+    batch_size: int = 500
+    lease_ttl_seconds: float = 10.0
+    max_deliveries: int = 5
+    timestamps_kept: int = 20
+    check_interval_seconds: float = 60.0
+    stall_seconds: float = 60.0
+    health_port: int = 8081
+    health_bind: str = "0.0.0.0"  # probes come from outside the container
+
+
+def load_projector_settings(environ: Mapping[str, str] | None = None) -> ProjectorSettings:
+    env = Environment(environ)
+    defaults = ProjectorSettings()
+    return ProjectorSettings(
+        mongodb_uri=env.url("MONGODB_URI", defaults.mongodb_uri, ("mongodb", "mongodb+srv"),
+                            ("uri", "url", "MONGODB_URI")),
+        mongodb_database=env.name("MONGODB_DATABASE", defaults.mongodb_database),
+        mongodb_collection=env.name("MONGODB_COLLECTION", defaults.mongodb_collection),
+        mongodb_timeout_seconds=env.number("MONGODB_TIMEOUT_SECONDS", defaults.mongodb_timeout_seconds, float,
+                                           0.1, 120.0),
+        group=env.name("PROJECTOR_GROUP", defaults.group),
+        name=env.name("PROJECTOR_NAME", "") or _default_name(),
+        batch_size=env.number("PROJECTOR_BATCH_SIZE", defaults.batch_size, int, 1, 10_000),
+        lease_ttl_seconds=env.number("PROJECTOR_LEASE_TTL_SECONDS", defaults.lease_ttl_seconds, float, 0.5, 600.0),
+        max_deliveries=env.number("PROJECTOR_MAX_DELIVERIES", defaults.max_deliveries, int, 1, 1_000),
+        timestamps_kept=env.number("PROJECTOR_TIMESTAMPS_KEPT", defaults.timestamps_kept, int, 1, 1_000),
+        check_interval_seconds=env.number("PROJECTOR_CHECK_INTERVAL_SECONDS", defaults.check_interval_seconds,
+                                          float, 0.1, 86_400.0),
+        stall_seconds=env.number("PROJECTOR_STALL_SECONDS", defaults.stall_seconds, float, 1.0, 86_400.0),
+        health_port=env.number("PROJECTOR_HEALTH_PORT", defaults.health_port, int, 0, 65_535),
+        health_bind=env.host("PROJECTOR_HEALTH_BIND", defaults.health_bind),
+    )
+
+
+def _default_name() -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:48] or "projector"
