@@ -9,11 +9,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import fakeredis
 import pytest
-import redis
 
 from projector import maintenance
 from projector.partition_log import to_entry
@@ -36,7 +36,7 @@ KEYS = KeySpace("fast", 4)
 @dataclass
 class World:
     server: fakeredis.FakeServer
-    client: redis.Redis
+    client: Any  # fakeredis, typed loosely: redis-py's stubs make every reply optional
     store: RedisEventStore
     service: AccountService
     model: InMemoryReadModel
@@ -166,7 +166,11 @@ def test_a_wiped_read_model_is_reprojected(world: World) -> None:
     drain(projector)
     world.model.recreate()  # the collection dropped, checkpoints and all
     world.open("after", deposits=1)
-    wait_until(lambda: drain(projector) is None and world.matches(), 10, "the re-projection")
+    def reprojected() -> bool:
+        drain(projector)
+        return world.matches()
+
+    wait_until(reprojected, 10, "the re-projection")
 
 
 def test_outages_back_off_and_lose_nothing(world: World) -> None:
@@ -202,8 +206,7 @@ def test_the_running_loop_applies_a_new_entry_without_polling(world: World) -> N
         wait_until(lambda: len(projector.partitions) == KEYS.partitions, 10, "the partitions to be taken")
         for n in range(20):
             world.open(f"acct-{n}")
-            wait_until(lambda n=n: world.model.find(f"acct-{n}") is not None, 2, "the new account's document",
-                       interval=0.001)
+            wait_until(partial(world.model.find, f"acct-{n}"), 2, "the new account's document", interval=0.001)
     finally:
         projector.stop()
         runner.join(10)
