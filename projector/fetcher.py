@@ -40,26 +40,25 @@ class _Reader(threading.Thread):
             try:
                 found = self._group.read(self.partition, self._count, None, self._block_ms)
             except Exception as exc:  # reported to the loop, which decides (an outage, a vanished group)
-                with self._lock:
+                with self._lock:  # paused before it is published: the loop's take may re-arm it at once
+                    self._may_read.clear()
                     self._error = exc
-                self._may_read.clear()
                 self._wake.set()
                 continue
             if found:
                 with self._lock:
+                    self._may_read.clear()
                     self._batch = found
-                self._may_read.clear()
                 self._wake.set()
 
     def take(self) -> tuple[list[LogEntry], Exception | None]:
+        """The batch (or error) this reader holds; it reads again at once after handing over a batch."""
         with self._lock:
             batch, error = self._batch, self._error
             self._batch, self._error = [], None
+            if batch:
+                self._may_read.set()
         return batch, error
-
-    def resume(self) -> None:
-        """Read again: the loop took the last batch."""
-        self._may_read.set()
 
 
 class Fetcher:
@@ -101,9 +100,7 @@ class Fetcher:
             batch, error = reader.take()
             if error is not None:
                 errors[partition] = error
-            if batch:
-                entries += batch
-                reader.resume()
+            entries += batch
         for partition in errors:
             self.drop(partition)
         return entries, errors
@@ -114,6 +111,15 @@ class Fetcher:
         if reader is not None:
             reader.stopping.set()
             self._exiting.append(reader)
+
+    def quiesce(self, partitions: Iterable[int], timeout: float) -> None:
+        """Stop reading ``partitions`` and wait for their readers to finish: a read still blocked when the
+        partition's lease is released would take new entries as this consumer, and its next owner would see
+        them only when it claims another's pending entries."""
+        for partition in partitions:
+            self.drop(partition)
+        for reader in self._exiting:
+            reader.join(timeout)
 
     def stop(self, timeout: float) -> None:
         self.follow(())

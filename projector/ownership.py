@@ -27,9 +27,12 @@ Guard = Callable[[int, Callable[[], Any]], Any]
 class Ownership:
     def __init__(self, group: ConsumerGroup, dead_letters: DeadLetters, leases: PartitionLeases,
                  partitions: dict[int, Partition], outages: Outages, guard: Guard,
+                 quiesce: Callable[[list[int]], None] = lambda numbers: None,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        """``quiesce`` stops reading partitions about to be handed back, before their leases go."""
         self._group, self._dead_letters, self._leases = group, dead_letters, leases
         self._partitions, self._outages, self._guard, self._clock = partitions, outages, guard, clock
+        self._quiesce = quiesce
 
     def tick(self) -> None:
         """Heartbeat, renew, rebalance."""
@@ -38,7 +41,10 @@ class Ownership:
             log.warning("lost the lease of partition %d; another replica owns it now", number,
                         extra={"fields": {"partition": number, "lease": "lost"}})
             self._partitions.pop(number, None)
-        for number in self._leases.excess():
+        excess = self._leases.excess()
+        if excess:
+            self._quiesce(excess)
+        for number in excess:
             # Logged before the release, so no log line can show two owners of one partition at once.
             log.info("handing partition %d back for rebalancing", number,
                      extra={"fields": {"partition": number, "lease": "released"}})

@@ -36,9 +36,9 @@ from shared.errors import StoreUnavailable
 
 log = logging.getLogger("ledgerstream.projector")
 T = TypeVar("T")
-#: Longest a fetcher thread blocks in one read: the loop wakes at once when entries arrive, so this only
-#: bounds how long a reader takes to notice it should stop.
-MAX_BLOCK_MS = 1000
+#: Longest a fetcher thread blocks in one read: the loop wakes at once when entries arrive, so this only bounds
+#: how long a reader takes to stop (when its partition is handed back, the loop waits that long at most).
+MAX_BLOCK_MS = 250
 #: Longest the idle loop sleeps: it also wakes for lease ticks, held retries and self-checks when they are due.
 _MAX_IDLE_SECONDS = 0.5
 
@@ -53,7 +53,8 @@ class Runner:
         self.partitions: dict[int, Partition] = {}
         self.health = Health(stall_s=settings.stall_seconds)
         self.outages = Outages(node_of, clock)
-        self.ownership = Ownership(group, dead_letters, leases, self.partitions, self.outages, self._on, clock)
+        self.ownership = Ownership(group, dead_letters, leases, self.partitions, self.outages, self._on,
+                                   self._quiesce, clock)
         self.processor = Processor(group, partition_log, model, history, self.partitions, settings.max_deliveries,
                                    self.ownership.lost, clock)
         self.recovery = Recovery(partition_log, model, history, settings.check_interval_seconds,
@@ -121,6 +122,10 @@ class Runner:
         self.health.progressed()  # backing off is the right thing to do: not a stall
         self._stop.wait(backoff.next_delay())
         return dependency
+
+    def _quiesce(self, numbers: list[int]) -> None:
+        if self._fetcher is not None:
+            self._fetcher.quiesce(numbers, self._block_ms / 1000 + 1)
 
     def _idle(self) -> None:
         """Sleep until a fetcher thread has entries, or the next thing falls due (a lease tick, a held retry,
