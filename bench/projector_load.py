@@ -188,12 +188,12 @@ def _redis_cpu(target: RedisTarget) -> float:
 def _lag(target: RedisTarget, rate: int, seconds: int, accounts: int,
          limits: tuple[float | None, float]) -> Result:
     lags: list[float] = []
-    database = f"lag{rate}"
-    with _mongo() as mongo, wired(target.url, "b7l", 16, **{k: v for k, v in target.env().items()
-                                                             if k != "REDIS_URL"}):
+    database = prefix = f"lag{rate}"
+    with _mongo() as mongo, wired(target.url, prefix, 16, **{k: v for k, v in target.env().items()
+                                                              if k != "REDIS_URL"}):
         client = runtime.redis_client()
-        keys = KeySpace("b7l", 16)
-        ids = [f"acct-{i}-{rate}" for i in range(accounts)]
+        keys = KeySpace(prefix, 16)
+        ids = [f"acct-{i}" for i in range(accounts)]
         seed_accounts(client, keys, ids, 2)
         replicas = _replicas(3, _env(target, keys, mongo, database, f"lag{rate}", "l"))
         try:
