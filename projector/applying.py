@@ -7,11 +7,11 @@ unpark)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from projector import projection
-from projector.projection import History, LogEntry, entry_position
+from projector.projection import Current, History, LogEntry, entry_position
 from projector.read_model import CheckpointWrite, ReadModel, Repair
 from shared import account
 from shared.errors import CorruptHistory
@@ -19,9 +19,13 @@ from shared.errors import CorruptHistory
 log = logging.getLogger("ledgerstream.projector")
 
 
-def plan_entries(entries: Sequence[LogEntry], model: ReadModel, history: History) -> projection.Plan:
-    """Plan ``entries`` against the read model; read the versions they skip from the account streams."""
-    current = model.current(e.event.account_id for e in entries if e.event is not None)
+def plan_entries(entries: Sequence[LogEntry], model: ReadModel, history: History,
+                 known: Mapping[str, Current] | None = None) -> projection.Plan:
+    """Plan ``entries`` against the read model; read the versions they skip from the account streams.
+    ``known``: documents already in hand (what this replica last wrote), not read again."""
+    known = known or {}
+    current = {**model.current(e.event.account_id for e in entries
+                               if e.event is not None and e.event.account_id not in known), **known}
     plan = projection.plan(entries, current)
     if not plan.need_history:
         return plan
@@ -55,6 +59,8 @@ class Applied:
     failed: list[tuple[LogEntry, str]] = field(default_factory=list)
     #: False when a guarded checkpoint move found its checkpoint moved under it.
     checkpoints_held: bool = True
+    #: Accounts whose guarded write was refused: the document was not at the version the plan expected.
+    refused: set[str] = field(default_factory=set)
 
     @property
     def settled(self) -> list[LogEntry]:
@@ -77,6 +83,7 @@ def write_plan(plan: projection.Plan, model: ReadModel, history: History,
         else:
             reason = result.refused.get(write.after.id, "another writer moved the document first")
             outcome.failed += [(e, reason) for e in write.entries]
+            outcome.refused.add(write.after.id)
     for _, group in plan.diverged.values():
         outcome.repaired += group
     return outcome

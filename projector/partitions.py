@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
+from projector.memo import Written
 from projector.projection import LogEntry
 from shared.errors import StoreUnavailable
 
@@ -117,12 +118,14 @@ class Partition:
     reading: Reading = field(default_factory=Reading)
     retries: Retries = field(default_factory=Retries)
     progress: Progress = field(default_factory=Progress)
+    written: Written = field(default_factory=Written)
 
     def rewind(self) -> None:
         """After an outage: what we held comes back from our pending list, and the self-check runs again
         (Redis may have come back with older data)."""
         self.reading.rewind()
         self.retries.held.clear()
+        self.written.clear()
         self.progress.check_due = 0.0
 
 

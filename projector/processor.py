@@ -19,7 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from projector import projection
-from projector.applying import Applied, plan_entries, write_plan
+from projector.applying import Applied, apply_entries, plan_entries, write_plan
+from projector.memo import recall, remember
 from projector.partition_log import PartitionLog
 from projector.partitions import Held, LeaseLost, Partition, Settling, backoff_delay
 from projector.projection import History, LogEntry, entry_position
@@ -60,11 +61,17 @@ class Processor:
     def process(self, entries: list[LogEntry]) -> BatchReport:
         report = BatchReport(entries=len(entries))
         live, quarantined = self._split_quarantined(entries)
-        plan = plan_entries(live, self._model, self._history)
+        known = recall(self._partitions, live)
+        plan = plan_entries(live, self._model, self._history, known)
+        applied = write_plan(plan, self._model, self._history)
+        # The checkpoints after the documents, not with them: their check against the log is then off the
+        # path every reader waits on.
         checkpoints = self._checkpoints(plan)
-        applied = write_plan(plan, self._model, self._history, checkpoints)
-        if not applied.checkpoints_held:
+        if checkpoints and not self._model.write((), checkpoints).checkpoints_held:
             self._checkpoint_moved_under_us([c.partition for c in checkpoints])
+        remember(self._partitions, plan, applied)
+        if applied.refused & known.keys():
+            self._plan_again(applied, applied.refused & known.keys())
         self._settle(applied, report)
         report.parked = self._park_quarantined(quarantined)
         report.held, parked = self._hold_or_park(applied.failed)
@@ -80,6 +87,19 @@ class Processor:
             quarantine = partition.retries.quarantine if partition is not None else {}
             (quarantined if entry.account_id in quarantine else live).append(entry)
         return live, quarantined
+
+    def _plan_again(self, applied: Applied, stale: set[str]) -> None:
+        """Writes planned from the memo that the read model refused (another writer, a restore): planned again
+        at once from the documents themselves, so a stale memo never costs an entry a delivery attempt."""
+        again = [entry for entry, _ in applied.failed if entry.account_id in stale]
+        applied.failed = [(entry, error) for entry, error in applied.failed if entry.account_id not in stale]
+        retried = apply_entries(again, self._model, self._history)
+        applied.written += retried.written
+        applied.skipped += retried.skipped
+        applied.repaired += retried.repaired
+        applied.failed += retried.failed
+
+    # --- settling ---
 
     def _settle(self, applied: Applied, report: BatchReport) -> None:
         report.applied, report.skipped, report.repaired = (len(applied.written), len(applied.skipped),
@@ -175,6 +195,7 @@ class Processor:
             if progress.checkpoint is None or entry_position(progress.checkpoint) >= entry.position:
                 continue  # unknown until the self-check has run, or already past this entry
             if not self._checkpoint_in_log(partition):
+                partition.written.clear()
                 continue
             event_id = entry.event.event_id if entry.event else ""
             moves.append(CheckpointWrite(number, entry.entry_id, event_id, expected=progress.checkpoint))
@@ -205,6 +226,7 @@ class Processor:
             partition = self._partitions.get(number)
             if partition is not None:
                 partition.progress.forget()
+                partition.written.clear()
         log.error("the read model's checkpoints of partitions %s are not where this projector left them "
                   "(wiped, restored or rebuilt?); checking them against the logs now", numbers,
                   extra={"fields": {"partitions": numbers, "divergence": "checkpoint-moved"}})

@@ -101,6 +101,8 @@ class Recovery:
         number, progress = partition.number, partition.progress
         progress.check_due = self._clock() + self._interval
         finding = compare(self._log, self._model, number)
+        if finding.malformed is not None or finding.redis_behind or finding.mongo_behind:
+            partition.written.clear()  # the documents are read afresh: the memo may describe what is gone
         if finding.malformed is not None:
             log.error("partition %d: %s; replacing it and re-projecting the partition from its log", number,
                       finding.malformed, extra={"fields": {"partition": number, "divergence": "malformed"}})

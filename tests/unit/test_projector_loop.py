@@ -211,3 +211,70 @@ def test_the_running_loop_applies_a_new_entry_without_polling(world: World) -> N
         projector.stop()
         runner.join(10)
     assert world.matches()
+
+
+# --- the memo of what this replica wrote ---
+
+
+class _CountingModel(InMemoryReadModel):
+    """Counts the accounts the processor asks the read model for."""
+
+    def __init__(self) -> None:
+        super().__init__(kept=5)
+        self.asked: list[str] = []
+
+    def current(self, account_ids: Any) -> Any:
+        ids = list(account_ids)
+        self.asked += ids
+        return super().current(ids)
+
+
+def test_an_accounts_next_entries_are_planned_from_what_this_replica_wrote(world: World) -> None:
+    world.model = _CountingModel()
+    projector = world.projector()
+    world.open("busy", deposits=1)
+    drain(projector)
+    world.model.asked.clear()
+    for _ in range(3):
+        world.service.execute("busy", Deposit(100), CommandContext("r", ANONYMOUS))
+        drain(projector)
+    assert world.model.asked == []  # written from the memo, never read back
+    assert world.matches()
+
+
+def test_a_document_changed_under_the_memo_is_planned_again_at_once_at_no_cost(world: World) -> None:
+    world.model = _CountingModel()
+    projector = world.projector()
+    world.open("moved", deposits=2)
+    drain(projector)
+    world.model.recreate()  # the document the memo describes is gone (a restore, an operator)
+    world.service.execute("moved", Deposit(100), CommandContext("r", ANONYMOUS))
+    new = max((e for e in _log_entries(world) if e.account_id == "moved"), key=lambda e: e.event.version)
+    report = projector.process([new])
+    assert (report.applied, report.held, report.parked) == (1, 0, 0)  # no delivery attempt spent
+    doc = world.model.find("moved")
+    assert doc is not None and (doc["version"], doc["balance_minor"]) == (4, 300)  # the whole stream, refolded
+
+
+def test_a_redelivery_is_checked_against_the_read_model_not_the_memo(world: World) -> None:
+    world.model = _CountingModel()
+    projector = world.projector()
+    world.open("again", deposits=1)
+    drain(projector)
+    world.model.asked.clear()
+    first = min((e for e in _log_entries(world) if e.account_id == "again"), key=lambda e: e.event.version)
+    assert projector.process([first]).skipped == 1
+    assert world.model.asked == ["again"]
+
+
+def test_the_memo_is_bounded_and_forgotten_after_an_outage() -> None:
+    from projector.memo import Written
+    from projector.partitions import Partition
+    from projector.projection import Current
+
+    partition = Partition(0, "me|1", written=Written(limit=2))
+    for name in ("a", "b", "c"):
+        partition.written.put(Current(account.Account(name, 1, 0, None, None)))
+    assert [partition.written.get(n) is not None for n in ("a", "b", "c")] == [False, True, True]
+    partition.rewind()
+    assert partition.written.get("c") is None
