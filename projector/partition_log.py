@@ -8,7 +8,7 @@ an outage becomes ``StoreUnavailable``, a vanished log or group ``GroupMissing``
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -103,6 +103,18 @@ class PartitionLog:
         with redis_errors():
             found: Any = self._redis.xrange(self._key(partition), entry_id, entry_id)
         return to_entry(partition, text(found[0][0]), found[0][1]) if found else None
+
+    def entries(self, wanted: Mapping[int, str]) -> dict[int, LogEntry | None]:
+        """The entry at each partition's id (None where the log no longer has it): one round trip per node."""
+        if len(wanted) <= 1:
+            return {partition: self.entry(partition, entry_id) for partition, entry_id in wanted.items()}
+        with redis_errors():
+            pipe = self._redis.pipeline(transaction=False)
+            for partition, entry_id in wanted.items():
+                pipe.xrange(self._key(partition), entry_id, entry_id)
+            replies: list[Any] = pipe.execute()
+        return {partition: to_entry(partition, text(found[0][0]), found[0][1]) if found else None
+                for partition, found in zip(wanted, replies, strict=True)}
 
     def last_before(self, partition: int, entry_id: str) -> str | None:
         with redis_errors():

@@ -1,6 +1,6 @@
 """The processor: takes a batch of log entries to the read model and settles every one of them.
 
-Each entry ends one of three ways: **acknowledged** (``_acknowledge``) once the read model has it (written now,
+Each entry ends one of three ways: **acknowledged** (``_settle``) once the read model has it (written now,
 already there, or repaired from its account's stream); **held** for another try from memory, with back-off;
 or, after ``max_deliveries`` tries, **parked** with its error and its account **quarantined**, so the
 account's later events are parked behind it (never applied out of order) while every other account flows on.
@@ -18,13 +18,13 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from projector import projection
 from projector.applying import Applied, apply_entries, plan_entries, write_plan
+from projector.checkpoints import Checkpoints
 from projector.memo import recall, remember
 from projector.partition_log import PartitionLog
 from projector.partitions import Held, LeaseLost, Partition, Settling, backoff_delay
-from projector.projection import History, LogEntry, entry_position
-from projector.read_model import CheckpointWrite, ReadModel
+from projector.projection import History, LogEntry
+from projector.read_model import ReadModel
 
 log = logging.getLogger("ledgerstream.projector")
 _FIRST_RETRY_SECONDS = 0.05
@@ -50,13 +50,13 @@ class Processor:
                  partitions: dict[int, Partition], max_deliveries: int, on_lease_lost: Callable[[int], None],
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._group = group
-        self._log = partition_log
         self._model = model
         self._history = history
         self._partitions = partitions
         self._max_deliveries = max_deliveries
         self._on_lease_lost = on_lease_lost
         self._clock = clock
+        self._checkpoints = Checkpoints(partition_log, partitions)
 
     def process(self, entries: list[LogEntry]) -> BatchReport:
         report = BatchReport(entries=len(entries))
@@ -66,9 +66,9 @@ class Processor:
         applied = write_plan(plan, self._model, self._history)
         # The checkpoints after the documents, not with them: their check against the log is then off the
         # path every reader waits on.
-        checkpoints = self._checkpoints(plan)
+        checkpoints = self._checkpoints.moves(plan)
         if checkpoints and not self._model.write((), checkpoints).checkpoints_held:
-            self._checkpoint_moved_under_us([c.partition for c in checkpoints])
+            self._checkpoints.moved_under_us([c.partition for c in checkpoints])
         remember(self._partitions, plan, applied)
         if applied.refused & known.keys():
             self._plan_again(applied, applied.refused & known.keys())
@@ -102,28 +102,25 @@ class Processor:
     # --- settling ---
 
     def _settle(self, applied: Applied, report: BatchReport) -> None:
+        """Where entries are acknowledged: only here, once the read model has them, each partition's fenced by
+        our lease (all partitions' in one round trip)."""
         report.applied, report.skipped, report.repaired = (len(applied.written), len(applied.skipped),
                                                            len(applied.repaired))
         settled: dict[int, list[LogEntry]] = defaultdict(list)
         for entry in applied.settled:
-            settled[entry.partition].append(entry)
+            if entry.partition in self._partitions:
+                settled[entry.partition].append(entry)
+        lost = self._group.acknowledge_all([(self._partitions[number].lease, number, [e.entry_id for e in done])
+                                            for number, done in settled.items()])
         for number, done in settled.items():
-            self._acknowledge(number, done)
-
-    def _acknowledge(self, number: int, entries: list[LogEntry]) -> None:
-        """Where an entry is acknowledged: only here, once the read model has it, fenced by our lease."""
-        partition = self._partitions.get(number)
-        if partition is None:
-            return
-        try:
-            self._group.acknowledge(partition.lease, number, [e.entry_id for e in entries])
-        except LeaseLost:
-            log.warning("partition %d: lease lost before acknowledging; the next owner settles these entries",
-                        number, extra={"fields": {"partition": number, "lease": "lost"}})
-            self._on_lease_lost(number)
-            return
-        for entry in entries:
-            partition.retries.held.pop(entry.entry_id, None)
+            if number in lost:
+                log.warning("partition %d: lease lost before acknowledging; the next owner settles these entries",
+                            number, extra={"fields": {"partition": number, "lease": "lost"}})
+                self._on_lease_lost(number)
+                continue
+            held = self._partitions[number].retries.held
+            for entry in done:
+                held.pop(entry.entry_id, None)
 
     def _park_quarantined(self, entries: list[LogEntry]) -> int:
         parked = 0
@@ -170,63 +167,3 @@ class Processor:
                   attempts, error, extra={"fields": {"entry_id": entry.entry_id, "partition": entry.partition,
                                                      "account_id": entry.account_id, "parked": True}})
         return True
-
-    # --- checkpoints ---
-
-    def _checkpoints(self, plan: projection.Plan) -> list[CheckpointWrite]:
-        """Each partition's new checkpoint: the last entry this batch settles, unless a re-projection of
-        older entries is still under way (then everything up to its cursor is known to be in)."""
-        last: dict[int, LogEntry] = {}
-        candidates = [*plan.done, *(e for w in plan.writes for e in w.entries),
-                      *(e for _, entries in plan.diverged.values() for e in entries)]
-        for entry in candidates:
-            if entry.partition not in last or entry.position > last[entry.partition].position:
-                last[entry.partition] = entry
-        moves = []
-        for number, entry in last.items():
-            partition = self._partitions.get(number)
-            if partition is None:
-                continue
-            progress = partition.progress
-            if progress.reproject is not None:
-                if progress.settled_meanwhile is None or entry.position > progress.settled_meanwhile.position:
-                    progress.settled_meanwhile = entry
-                continue
-            if progress.checkpoint is None or entry_position(progress.checkpoint) >= entry.position:
-                continue  # unknown until the self-check has run, or already past this entry
-            if not self._checkpoint_in_log(partition):
-                partition.written.clear()
-                continue
-            event_id = entry.event.event_id if entry.event else ""
-            moves.append(CheckpointWrite(number, entry.entry_id, event_id, expected=progress.checkpoint))
-            progress.checkpoint, progress.checkpoint_event = entry.entry_id, event_id
-        return moves
-
-    def _checkpoint_in_log(self, partition: Partition) -> bool:
-        """Is the entry our checkpoint names still in the log, holding the same event? Checked before the
-        checkpoint moves on: once moved past a Redis that went back in time, the evidence would be gone."""
-        progress = partition.progress
-        if progress.checkpoint in (None, "0-0"):
-            return True
-        assert progress.checkpoint is not None
-        found = self._log.entry(partition.number, progress.checkpoint)
-        if found is not None and (found.event is None or not progress.checkpoint_event
-                                  or found.event.event_id == progress.checkpoint_event):
-            return True
-        log.error("partition %d: the log no longer holds checkpoint %s; checking the read model against it now",
-                  partition.number, progress.checkpoint,
-                  extra={"fields": {"partition": partition.number, "divergence": "redis-behind"}})
-        progress.forget()
-        return False
-
-    def _checkpoint_moved_under_us(self, numbers: list[int]) -> None:
-        """A checkpoint was not where we left it: the collection was wiped, restored or rebuilt under us.
-        Forget what we believed and let the self-check find out, at once."""
-        for number in numbers:
-            partition = self._partitions.get(number)
-            if partition is not None:
-                partition.progress.forget()
-                partition.written.clear()
-        log.error("the read model's checkpoints of partitions %s are not where this projector left them "
-                  "(wiped, restored or rebuilt?); checking them against the logs now", numbers,
-                  extra={"fields": {"partitions": numbers, "divergence": "checkpoint-moved"}})

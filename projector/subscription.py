@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import redis
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from projector.partition_log import redis_errors, text, to_entry
 from projector.partitions import LeaseLost
@@ -152,6 +152,33 @@ class ConsumerGroup:
         if done < 0:
             raise LeaseLost(f"lease of partition {partition} lost before acknowledging")
         return done
+
+    def acknowledge_all(self, settlements: Sequence[tuple[str, int, Sequence[str]]]) -> set[int]:
+        """``acknowledge`` for several partitions (lease, partition, entry ids) in one round trip per node;
+        the partitions whose lease was lost, of which nothing was acknowledged."""
+        work = [(lease, partition, ids) for lease, partition, ids in settlements if ids]
+        if len(work) > 1:
+            with redis_errors():
+                pipe = self._redis.pipeline(transaction=False)
+                for lease, partition, ids in work:  # EVALSHA as is: a pipeline's script check costs a round trip
+                    pipe.evalsha(self._ack.sha, 2, self.keys.lease(partition, self.group), self._log(partition),
+                                 lease, self.group, *ids)
+                replies: list[Any] = pipe.execute(raise_on_error=False)
+        else:
+            replies = [NoScriptError()] * len(work)
+        lost: set[int] = set()
+        for (lease, partition, ids), reply in zip(work, replies, strict=True):
+            if isinstance(reply, NoScriptError):  # one at a time (a node that never ran the script loads it)
+                try:
+                    self.acknowledge(lease, partition, ids)
+                except LeaseLost:
+                    lost.add(partition)
+            elif isinstance(reply, Exception):
+                with redis_errors(partition):
+                    raise reply
+            elif int(reply) < 0:
+                lost.add(partition)
+        return lost
 
     def park(self, lease: str, entry: LogEntry, error: str, deliveries: int, quarantine: bool) -> None:
         """Move ``entry`` to the dead letters with its error and acknowledge it, atomically; with

@@ -53,6 +53,37 @@ class ConsumerGroupContract:
         info = PartitionLog(self.client, self.keys, GROUP).group_info(partition)
         assert info is not None and info.pending == 0
 
+    def _two_partitions(self) -> tuple[int, int]:
+        first = self._events("acc", 2)
+        other = next(f"other-{n}" for n in range(100) if self.keys.partition_of(f"other-{n}") != first)
+        return first, self._events(other, 2)
+
+    def test_several_partitions_are_acknowledged_at_once_each_under_its_own_lease(self) -> None:
+        mine, theirs = self._two_partitions()
+        group = ConsumerGroup(self.client, self.keys, GROUP, "me")
+        read = {}
+        for partition in (mine, theirs):
+            group.take_over(partition)
+            read[partition] = [e.entry_id for e in group.read(partition, 10)]
+        _, lease = self._lease("me", mine)
+        self.client.script_flush()  # a node that never ran the script (a promoted replica) is served too
+        lost = group.acknowledge_all([(lease, mine, read[mine]), ("someone|1", theirs, read[theirs])])
+        assert lost == {theirs}
+        log = PartitionLog(self.client, self.keys, GROUP)
+        assert [getattr(log.group_info(p), "pending", None) for p in (mine, theirs)] == [0, 2]
+        assert group.acknowledge_all([(lease, mine, read[mine]), ("someone|1", theirs, [])]) == set()
+
+    def test_entries_of_several_partitions_are_looked_up_at_once(self) -> None:
+        first, second = self._two_partitions()
+        log = PartitionLog(self.client, self.keys, GROUP)
+        group = ConsumerGroup(self.client, self.keys, GROUP, "me")
+        group.take_over(first)
+        [opened, _] = group.read(first, 10)
+        found = log.entries({first: opened.entry_id, second: "1-1"})
+        assert found[second] is None
+        again = found[first]
+        assert again is not None and again.event == opened.event
+
     def test_a_stale_lease_can_neither_acknowledge_nor_park(self) -> None:
         partition = self._events("acc", 1)
         group = ConsumerGroup(self.client, self.keys, GROUP, "me")
