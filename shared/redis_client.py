@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import partial
 from typing import Any
+from urllib.parse import urlsplit
 
 import hiredis
 import redis
@@ -29,6 +30,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from shared import deadlines
 from shared.config import Settings
 from shared.errors import StoreUnavailable
 from shared.keys import KeySpace
@@ -131,6 +133,18 @@ def build_client(settings: Settings) -> redis.Redis:
     return redis.Redis(connection_pool=pool, single_connection_client=settings.redis_single_connection)
 
 
+def describe_redis(settings: Settings) -> str:
+    """Where the settings point, for a person: never the password (a URL may embed one)."""
+    where = urlsplit(settings.redis_url)
+    if where.scheme == "unix":
+        return f"Redis unix://{where.path}, key prefix {settings.key_prefix!r}"
+    address = f"{where.hostname}:{where.port or 6379}" + (where.path if where.path not in ("", "/") else "/0")
+    if settings.redis_cluster:
+        seeds = [f"{host}:{port}" for host, port in settings.redis_cluster_nodes]
+        return f"Redis Cluster {','.join([address.split('/')[0], *seeds])}, key prefix {settings.key_prefix!r}"
+    return f"Redis {where.scheme}://{address}, key prefix {settings.key_prefix!r}"
+
+
 def is_cluster(client: object) -> bool:
     return isinstance(client, redis.RedisCluster)
 
@@ -198,21 +212,96 @@ class ScriptRunner:
         sent it (redis-py's response callbacks run in the client, not the connection): a stream range stays
         a flat list instead of becoming a dict per entry. Through the client it may be reshaped."""
         if self._kept is None:
+            _refuse_past_deadline()
             client: Any = self._client
             return client.execute_command(*args)
         connection = self._kept
-        with self._lock:
-            return connection.retry.call_with_retry(partial(_send, connection, args), connection.disconnect_on)
+        self._take_turn()
+        try:
+            exchange = _bounded(connection, partial(_send, connection, args))
+            return connection.retry.call_with_retry(exchange, connection.disconnect_on)
+        finally:
+            self._lock.release()
 
     def __call__(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         """One exchange on the kept connection, under the client's lock and with the connection's Retry
         (the exchange is a ``partial``, not a closure: one Python frame less per call)."""
         if self._kept is None:
+            _refuse_past_deadline()
             return script(keys=keys, args=args)
         connection = self._kept
-        with self._lock:
-            return connection.retry.call_with_retry(partial(_evalsha, connection, script, keys, args),
-                                                    connection.disconnect_on)
+        self._take_turn()
+        try:
+            exchange = _bounded(connection, partial(_evalsha, connection, script, keys, args))
+            return connection.retry.call_with_retry(exchange, connection.disconnect_on)
+        finally:
+            self._lock.release()
+
+    def _take_turn(self) -> None:
+        """The kept connection's lock, waiting no longer than the command's deadline (threads of one process
+        share the connection, and one blocked on a frozen Redis holds it for a whole socket timeout)."""
+        left = deadlines.remaining()
+        if not self._lock.acquire(timeout=-1 if left is None else max(0.0, left)):
+            raise RedisTimeoutError("the command's deadline passed waiting for the connection")
+
+
+#: What a reconnect may wait on before its command is sent: the TCP connect, the handshake's health PING and
+#: that PING's retry, each allowed a whole timeout.
+_RECONNECT_STEPS = 3
+
+
+def _reconnect_within(connection: Any, left: float) -> None:
+    """Reconnect with each step's timeout cut to its share of what is left of the deadline."""
+    if left <= 0:
+        raise RedisTimeoutError("the command's deadline has passed")
+    configured = connection.socket_timeout, connection.socket_connect_timeout
+    share = left / _RECONNECT_STEPS
+    connection.socket_timeout = min(configured[0], share)
+    connection.socket_connect_timeout = min(configured[1] or share, share)
+    try:
+        connection.connect()
+    finally:
+        connection.socket_timeout, connection.socket_connect_timeout = configured
+        if connection._sock is not None:
+            connection._sock.settimeout(configured[0])
+
+
+def _bounded(connection: Any, exchange: Callable[[], Any]) -> Callable[[], Any]:
+    """``exchange`` within the command's deadline (``shared.deadlines``), checked at each attempt of the
+    connection's Retry: as it is while more time is left than the socket timeout (a healthy command: no cost
+    but a clock read), with the socket timeout cut to what is left when less is, refused when nothing is. A
+    reconnect takes from the same budget: a dropped idle connection is reconnected at a command's start with
+    every timeout as configured, a late one with each step cut to a share of what is left."""
+    if deadlines.remaining() is None:
+        return exchange
+
+    def within_deadline() -> Any:
+        left = deadlines.remaining()
+        configured = connection.socket_timeout
+        if left is None or configured is None:
+            return exchange()
+        if connection._sock is None and left < _RECONNECT_STEPS * configured:
+            _reconnect_within(connection, left)
+            left = deadlines.remaining() or 0.0
+        if left >= configured:
+            return exchange()
+        if left <= 0:
+            raise RedisTimeoutError("the command's deadline has passed")
+        connection._sock.settimeout(left)
+        try:
+            return exchange()
+        finally:
+            if connection._sock is not None:  # still connected: the next command gets the full timeout
+                connection._sock.settimeout(configured)
+
+    return within_deadline
+
+
+def _refuse_past_deadline() -> None:
+    """On a pool or a cluster (no kept connection to bound), at least start nothing once the deadline passed."""
+    left = deadlines.remaining()
+    if left is not None and left <= 0:
+        raise RedisTimeoutError("the command's deadline has passed")
 
 
 # The runner packs its own commands with hiredis, as redis-py does when hiredis is installed, but without

@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import orjson
 
-from shared import account
+from shared import account, deadlines
 from shared.account import Account, Command, DomainEvent, OpenAccount
 from shared.clock import new_id, utc_now
 from shared.errors import AccountNotFound, IdempotencyKeyReused, OutcomeUnknown, StoreUnavailable, VersionConflict
@@ -95,6 +95,10 @@ class AccountService:
         return self._store.read(account_id, after_version, limit)
 
     def execute(self, account_id: str, command: Command, context: CommandContext) -> CommandResult:
+        with deadlines.within(self._deadline):  # every store call inside gets only what is left of it
+            return self._execute(account_id, command, context)
+
+    def _execute(self, account_id: str, command: Command, context: CommandContext) -> CommandResult:
         # Fingerprints exist only to compare a retry with its original, so only requests with a key pay.
         fingerprint = (_fingerprint(account_id, command, context.actor)
                        if context.idempotency_key is not None else "")
@@ -109,13 +113,13 @@ class AccountService:
             loaded = self._load(account_id, command, context, unsure, deadline)
             state = account.rebuild(account_id, loaded.events, loaded.snapshot)
             _authorize(state, command, context)
-            if loaded.idempotency is not None:
-                return self._durable(account_id, _replay(loaded.idempotency, fingerprint, context), command,
-                                     context, deadline)
-            if expected is not None:
+            if expected is not None:  # our own append, landed although its reply was lost, is no replay
                 landed = self._find_landed(account_id, loaded, expected, event_id)
                 if landed is not None:
                     return self._durable(account_id, landed, command, context, deadline)
+            if loaded.idempotency is not None:  # another request's, with the same key: the client's retry
+                return self._durable(account_id, _replay(loaded.idempotency, fingerprint, context), command,
+                                     context, deadline)
             unsure = False
             if context.if_match is not None:
                 context.if_match.check(state)
@@ -165,7 +169,7 @@ class AccountService:
                     raise
                 if self._monotonic() >= deadline:
                     raise OutcomeUnknown(_unknown(command, account_id, context, "Redis stopped answering")) from exc
-                self._sleep(min(0.5, 0.05 * 2**attempt))
+                self._sleep(min(0.5, 0.05 * 2**attempt, max(0.0, deadline - self._monotonic())))
                 attempt += 1
 
     def _durable(self, account_id: str, result: CommandResult, command: Command, context: CommandContext,
@@ -181,7 +185,7 @@ class AccountService:
                     why = str(exc) if isinstance(exc, NotDurable) else "Redis stopped answering"
                     raise OutcomeUnknown(_unknown(command, account_id, context, f"it is stored, but {why}",
                                                   stored=True)) from exc
-                self._sleep(min(0.5, 0.05 * 2**attempt))
+                self._sleep(min(0.5, 0.05 * 2**attempt, max(0.0, deadline - self._monotonic())))
                 attempt += 1
 
     def _find_landed(self, account_id: str, loaded: Loaded, expected: int, event_id: str) -> CommandResult | None:

@@ -146,6 +146,17 @@ def test_an_applied_append_whose_reply_was_lost_is_not_applied_twice() -> None:
     assert len(store.streams["acc"]) == 3
 
 
+def test_our_own_append_found_after_a_lost_reply_is_not_called_a_replay() -> None:
+    """Idempotent-Replayed marks a client's retry; a request sent once whose lost reply the service recovered
+    from the store itself is answered as the first answer it is, even though its key's record exists."""
+    store = LosesFirstReply()
+    service = funded(store, 100)
+    result = service.execute("acc", Deposit(7), ctx("once"))
+    assert (result.balance, result.version, result.replayed) == (107, 3, False)
+    retried = service.execute("acc", Deposit(7), ctx("once"))  # the client's retry of it
+    assert (retried.balance, retried.version, retried.replayed) == (107, 3, True)
+
+
 def test_if_match(store: InMemoryEventStore) -> None:
     service = funded(store, 100)
     at_two = IfMatch(versions=frozenset({2}))
