@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from itertools import islice
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -35,6 +36,8 @@ from projector.read_model import (
     checkpoint_of,
     current_of,
     document,
+    note_document,
+    note_id,
     owner_document,
     timestamp,
 )
@@ -46,7 +49,7 @@ _DUPLICATE_KEY = 11000
 #: Anything MongoDB can fail with, for a command-line tool that only reports it.
 MONGO_ERRORS: tuple[type[Exception], ...] = (ReadModelUnavailable, PyMongoError)
 #: Fields kept as int64 whatever their size, so every document stores them alike.
-_LONGS = ("balance_minor", "log_ms", "updated_ms")
+_LONGS = ("balance_minor", "log_ms", "updated_ms", "at_ms")
 
 
 @contextmanager
@@ -61,6 +64,11 @@ def connect(settings: ProjectorSettings) -> MongoClient[Document]:
     timeout_ms = int(settings.mongodb_timeout_seconds * 1000)
     return MongoClient(settings.mongodb_uri, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms,
                        socketTimeoutMS=timeout_ms * 2, retryWrites=True, tz_aware=True)
+
+
+def describe_mongo(settings: ProjectorSettings) -> str:  # for a person: never the credentials
+    hosts = urlsplit(settings.mongodb_uri).netloc.rpartition("@")[2] or "localhost:27017"
+    return f"MongoDB {hosts}, {settings.mongodb_database}.{settings.mongodb_collection}"
 
 
 def _stored(doc: Document) -> Document:
@@ -93,8 +101,6 @@ class MongoReadModel:
     def ping(self) -> None:
         with unavailable_as_error():
             self._client.admin.command("ping")
-
-    # --- the live projection ---
 
     def current(self, account_ids: Iterable[str]) -> dict[str, Current]:
         ids = list(set(account_ids))
@@ -190,8 +196,6 @@ class MongoReadModel:
                                           {"log_ms": 1, "log_seq": 1})
             return sorted(doc["_id"] for doc in found if (int(doc["log_ms"]), int(doc.get("log_seq", 0))) > (ms, seq))
 
-    # --- reading, for operators ---
-
     def find(self, account_id: str) -> Document | None:
         with unavailable_as_error():
             return self._collection.find_one({"_id": account_id, **ACCOUNTS})
@@ -200,22 +204,22 @@ class MongoReadModel:
         with unavailable_as_error():
             return {doc["_id"]: doc for doc in self._collection.find(ACCOUNTS)}
 
-    # --- rebuild ---
+    def note(self, name: str) -> Document | None:
+        with unavailable_as_error():
+            return self._collection.find_one({"_id": note_id(name), "kind": "note"})
+
+    def write_note(self, name: str, fields: Document) -> None:
+        with unavailable_as_error():
+            self._collection.replace_one({"_id": note_id(name)}, _stored(note_document(name, fields)), upsert=True)
 
     def recreate(self) -> None:
         with unavailable_as_error():
             self._collection.drop()
 
     def insert(self, documents: Iterable[Document], chunk: int = 1000) -> int:
-        count = 0
-        batch: list[Document] = []
+        count, stored = 0, map(_stored, documents)
         with unavailable_as_error():
-            for doc in documents:
-                batch.append(_stored(doc))
-                if len(batch) >= chunk:
-                    self._collection.insert_many(batch, ordered=False)
-                    count, batch = count + len(batch), []
-            if batch:
+            while batch := list(islice(stored, chunk)):
                 self._collection.insert_many(batch, ordered=False)
                 count += len(batch)
         return count

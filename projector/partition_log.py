@@ -42,7 +42,7 @@ def redis_errors(partition: int | None = None) -> Iterator[None]:
     except _UNAVAILABLE as exc:
         raise StoreUnavailable.unreachable() from exc
     except ResponseError as exc:
-        if "NOGROUP" in str(exc) and partition is not None:
+        if partition is not None and ("NOGROUP" in str(exc) or "no such key" in str(exc)):  # XINFO says the latter
             raise GroupMissing(partition) from exc
         raise
 

@@ -17,6 +17,8 @@ starts with "_", which no account id can, and which carries ``kind: "checkpoint"
 
     {_id: "_checkpoint.projector.p7", kind: "checkpoint", group, partition, entry_id, event_id, owner, updated_ms}
 
+and notes (``kind: "note"``): ``_note.store``, the event store it was projected from; ``_note.verify``.
+
 Checkpoints live next to the documents on purpose: whatever wipes or restores the collection wipes or restores
 them with it, so the projector can tell that the read model went back in time. Every account write is guarded
 by the stored version, so a redelivered, reordered or concurrently projected event is never applied twice.
@@ -103,9 +105,7 @@ class ReadModel(Protocol):
     ``tests/contract/test_read_model_contract.py``; each raises ``ReadModelUnavailable`` for an outage."""
 
     @property
-    def name(self) -> str:
-        """The collection's name."""
-        ...
+    def name(self) -> str: ...  # the collection's
 
     def describe(self) -> str:
         """Where it lives, for a person (server, database, collection; never a password)."""
@@ -137,6 +137,12 @@ class ReadModel(Protocol):
 
     def find(self, account_id: str) -> Document | None: ...
 
+    def note(self, name: str) -> Document | None:
+        """A note of the projector's own (whose event store this is, the last verify); never an account."""
+        ...
+
+    def write_note(self, name: str, fields: Document) -> None: ...
+
     def documents(self) -> dict[str, Document]:
         """Every document that is not a checkpoint, by ``_id``."""
         ...
@@ -145,9 +151,7 @@ class ReadModel(Protocol):
         """Another collection beside this one (a rebuild builds into one)."""
         ...
 
-    def recreate(self) -> None:
-        """Drop everything in it."""
-        ...
+    def recreate(self) -> None: ...  # drops everything in it
 
     def insert(self, documents: Iterable[Document]) -> int: ...
 
@@ -211,6 +215,14 @@ def current_of(doc: Document) -> Current:
         return Current(document_state(doc), tuple(doc.get("event_ids") or ()))
     except MalformedDocument as exc:  # planned as a divergence: repaired from the account's stream
         return Current(Account(str(doc["_id"])), malformed=exc.detail)
+
+
+def note_id(name: str) -> str:
+    return f"_note.{name}"
+
+
+def note_document(name: str, fields: Document) -> Document:
+    return {**fields, "_id": note_id(name), "kind": "note", "name": name}
 
 
 def checkpoint_id(group: str, partition: int) -> str:

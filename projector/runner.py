@@ -31,6 +31,7 @@ from projector.projection import History, LogEntry
 from projector.read_model import ReadModel, ReadModelUnavailable
 from projector.recovery import Recovery
 from projector.settings import ProjectorSettings
+from projector.store_identity import ForeignStore, StoreIdentity
 from projector.subscription import ConsumerGroup
 from shared.errors import StoreUnavailable
 
@@ -47,7 +48,7 @@ class Runner:
     def __init__(self, group: ConsumerGroup, partition_log: PartitionLog, dead_letters: DeadLetters,
                  leases: PartitionLeases, model: ReadModel, history: History, settings: ProjectorSettings,
                  node_of: Callable[[int], str] = lambda partition: "redis", block_ms: int = MAX_BLOCK_MS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, identity: StoreIdentity | None = None) -> None:
         self.group, self.log, self.dead_letters, self.leases = group, partition_log, dead_letters, leases
         self.read_model, self.history, self.settings = model, history, settings
         self.partitions: dict[int, Partition] = {}
@@ -64,6 +65,8 @@ class Runner:
         self._stop = threading.Event()
         self._fetcher: Fetcher | None = None
         self._next_tick = 0.0
+        self._identity: StoreIdentity | None = identity
+        self._store: str | None = None
 
     def process(self, entries: list[LogEntry]) -> BatchReport:
         return self.processor.process(entries)
@@ -91,6 +94,10 @@ class Runner:
                 except StoreUnavailable as exc:  # what no single node's guard covers
                     down = self._outage(down, "redis", exc, backoff)
                     continue
+                except ForeignStore as exc:
+                    log.error("projector stopped, nothing written: %s", exc.detail,
+                              extra={"fields": {"state": "foreign-store"}})
+                    raise
                 if down is not None:
                     log.warning("%s is back; resuming", down,
                                 extra={"fields": {"state": "recovered", "dependency": down}})
@@ -142,6 +149,8 @@ class Runner:
         self.health.beat()
         if now >= self._next_tick:  # heartbeat, renew, rebalance: every quarter of the lease TTL
             self._next_tick = now + self.settings.lease_ttl_seconds / 4
+            if self._identity is not None:  # the read model's own event store, and still the same one
+                self._store = self._identity.confirm(self._store)
             self.ownership.tick()
             self.health.owned = tuple(sorted(self.partitions))
         reprojected = 0

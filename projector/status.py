@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from projector import recovery
 from projector.dead_letters import DeadLetters, ParkedEntry
 from projector.leases import PartitionLeases
 from projector.partition_log import PartitionLog
-from projector.read_model import ReadModel
+from projector.read_model import Document, ReadModel
+from projector.store_identity import Identities
 
 _LAG_CAP = 10_000
 
@@ -84,7 +86,40 @@ def _problems(row: PartitionStatus, stall_s: float) -> list[str]:
     return problems
 
 
-def render(rows: list[PartitionStatus], group: str) -> str:
+@dataclass(frozen=True, slots=True)
+class StoreReport:
+    """What holds for the read model as a whole: whose event store it is, and what the last verify found
+    (the per-partition checks compare checkpoints with logs, and cannot see a document wrong in between)."""
+
+    lines: list[str]
+    problems: list[str]
+
+
+def store_report(identities: Identities, last_verify: Document | None) -> StoreReport:
+    lines, problems = [], []
+    mismatch = identities.problem()
+    if mismatch is None:
+        lines.append(f"event store {identities.redis} (the read model's own)")
+    elif identities.read_model is None and identities.redis is None:
+        lines.append("event store not named yet (the projector names it when it starts)")
+    else:
+        problems.append(mismatch)
+    if last_verify is None:
+        lines.append("verify: never run on this read model")
+    else:
+        when = datetime.fromtimestamp(int(last_verify.get("at_ms", 0)) / 1000, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+        differ, repaired = int(last_verify.get("differences", 0)), int(last_verify.get("repaired", 0))
+        found = (f"last verify {when}: {last_verify.get('accounts', 0)} accounts, {differ} differed"
+                 + (f", {repaired} repaired" if repaired else ""))
+        if differ > repaired:
+            first = "; ".join(str(d) for d in last_verify.get("first") or [])
+            problems.append(f"{found} ({first}); run `verify` again once fixed")
+        else:
+            lines.append(found)
+    return StoreReport(lines, problems)
+
+
+def render(rows: list[PartitionStatus], group: str, store: StoreReport | None = None) -> str:
     lines = [f"group {group!r}",
              f"{'partition':>9} {'owner':<22} {'lag':>7} {'pending':>7} {'oldest':>8} {'progress':>9} "
              f"{'checkpoint':>16} {'log end':>16} {'parked':>6}  state"]
@@ -95,9 +130,12 @@ def render(rows: list[PartitionStatus], group: str) -> str:
             f"{_age(r.last_progress_age_s):>9} {r.checkpoint:>16} {r.log_end:>16} {r.parked:>6}  "
             f"{'; '.join(r.problems) or 'ok'}")
     troubled = [r for r in rows if r.problems]
+    store = store or StoreReport([], [])
+    lines += store.lines + [f"PROBLEM: {problem}" for problem in store.problems]
+    verdict = ([f"{len(troubled)} partitions need attention"] if troubled else []) + (
+        ["the read model as a whole needs attention"] if store.problems else [])
     lines.append(f"total lag {sum(r.lag for r in rows)}, pending {sum(r.pending for r in rows)}, "
-                 f"parked {sum(r.parked for r in rows)}; "
-                 + (f"{len(troubled)} partitions need attention" if troubled else "all partitions ok"))
+                 f"parked {sum(r.parked for r in rows)}; " + ("; ".join(verdict) or "all partitions ok"))
     return "\n".join(lines)
 
 

@@ -18,6 +18,7 @@ from projector.projection import History
 from projector.read_model import ReadModel
 from projector.runner import MAX_BLOCK_MS, Runner
 from projector.settings import ProjectorSettings
+from projector.store_identity import StoreIdentity
 from projector.subscription import ConsumerGroup
 from shared.config import Settings
 from shared.events import RecordedEvent
@@ -43,7 +44,11 @@ class Wiring:
 
     def runner(self) -> Runner:
         return Runner(self.group, self.log, self.dead_letters, self.leases, self.model, self.history, self.settings,
-                      self.node_of, self.block_ms)
+                      self.node_of, self.block_ms, identity=self.identity)
+
+    @property
+    def identity(self) -> StoreIdentity:
+        return StoreIdentity(self.client, self.keys, self.model)
 
 
 def wire(settings: Settings, projector: ProjectorSettings) -> Wiring:

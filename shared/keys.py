@@ -12,6 +12,7 @@
     {<prefix>:p<n>:<s>}:parked:<group>            the group's dead letters of partition n
     {<prefix>:p<n>:<s>}:quarantine:<group>        accounts whose events wait behind a parked one
     {<prefix>:global}:projector-members:<group>   the group's live replicas
+    {<prefix>:global}:store-id                    this event store's identity (written once)
 
 ``n`` is a stable hash of the account id modulo the partition count, and the braces hold the Redis Cluster
 hash tag: one script can write an account's stream, version and partition log atomically on a single node
@@ -134,6 +135,15 @@ class KeySpace:
     def projector_members(self, group: str) -> str:
         """The one key that belongs to no partition: which replicas of the group are alive."""
         return f"{{{self.prefix}:global}}:projector-members:{group}"
+
+    def store_identity(self) -> str:
+        """Names this event store (a random id written once): a read model records which store it was
+        projected from, and nothing destructive is done to it on the word of another."""
+        return f"{{{self.prefix}:global}}:store-id"
+
+    def every_key(self) -> str:
+        """A SCAN pattern for every key of this prefix, partitioned or global (the tests clean up with it)."""
+        return f"{{{self.prefix}:*"
 
     def pattern(self, kind: str = "*") -> str:
         """A SCAN pattern for this prefix's keys of one kind (``stream``, ``version``, ...)."""

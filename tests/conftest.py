@@ -124,7 +124,7 @@ def redis_client(redis_target: RedisTarget, key_prefix: str) -> Iterator[redis.R
     try:
         yield client
     finally:
-        delete_keys(client, KeySpace(key_prefix, 1).pattern())
+        delete_keys(client, KeySpace(key_prefix, 1).every_key())
         client.close()
 
 

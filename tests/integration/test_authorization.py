@@ -218,7 +218,7 @@ def test_the_matrix_is_the_same_through_lambda_and_gunicorn(
                            "LOG_LEVEL": "INFO", **auth_env(issuer)}, log=log) as base:
             through_http = run_matrix(http_sender(base), issuer)
     finally:
-        delete_keys(redis_client, KeySpace(http_prefix, 1).pattern())
+        delete_keys(redis_client, KeySpace(http_prefix, 1).every_key())
     check(through_http)
     assert through_http == through_lambda
     assert_no_token_in(captured_logs.getvalue() + log.read_text(errors="replace"), issuer)

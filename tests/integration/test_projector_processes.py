@@ -281,7 +281,9 @@ def test_the_command_line(live_env: KeySpace, redis_target: RedisTarget, mongo_s
     healthy = _cli(env, "status")
     assert healthy.returncode == 0, healthy.stdout
     lines = healthy.stdout.splitlines()
-    assert lines[0] == "group 'projector'" and len(lines) == 2 + live_env.partitions + 1
+    assert lines[0] == "group 'projector'" and len(lines) == 2 + live_env.partitions + 2 + 1
+    assert "(the read model's own)" in lines[-3] and lines[-2] == "verify: never run on this read model"
+    assert f"key prefix '{live_env.prefix}'" in healthy.stderr and f"{mongo_db}.accountCollection" in healthy.stderr
     row = lines[2 + live_env.partition_of("acct")].split()
     assert row[0] == str(live_env.partition_of("acct")) and row[1].startswith("test-") and row[2] == "0"
     assert lines[-1].endswith("all partitions ok")
@@ -293,6 +295,7 @@ def test_the_command_line(live_env: KeySpace, redis_target: RedisTarget, mongo_s
     assert rebuilt.returncode == 0 and rebuilt.stdout.startswith("rebuilt 1 accounts from 1 events")
     verified = _cli(env, "verify", "--no-progress")
     assert verified.returncode == 0 and "verified 1 accounts: 0 differ" in verified.stdout
+    assert "last verify " in _cli(env, "status").stdout
     bad = _cli({**env, "PROJECTOR_BATCH_SIZE": "lots"}, "status")
     assert bad.returncode == 2 and "PROJECTOR_BATCH_SIZE" in bad.stderr and "Traceback" not in bad.stderr
     helped = _cli(env, "--help")
@@ -315,5 +318,6 @@ def test_a_command_whose_server_is_down_says_so_in_one_line(
             "MONGODB_URI": f"mongodb://{dead}"}
         result = _cli({**env, **down}, *command)
         assert result.returncode == 2, (command, result.stdout, result.stderr)
-        assert len(result.stderr.strip().splitlines()) == 1 and f"cannot reach {server}" in result.stderr
+        *where, error = result.stderr.strip().splitlines()
+        assert len(where) == 1 and f"cannot reach {server}" in error and dead in error  # names the address
         assert "Traceback" not in result.stderr

@@ -20,8 +20,9 @@ from pymongo import MongoClient
 from devstack.mongo_standin import MongoStandIn
 from devstack.redis_cluster import LocalCluster
 from devstack.redis_server import RedisProcess
-from projector import maintenance, status
+from projector import status, verification
 from projector.runner import Runner
+from projector.store_identity import ForeignStore
 from projector.wiring import assemble
 from shared import runtime
 from shared.keys import KeySpace
@@ -74,8 +75,15 @@ class Running:
 
     def __init__(self, projector: Runner) -> None:
         self.projector = projector
-        self.thread = threading.Thread(target=projector.run, daemon=True)
+        self.error: Exception | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.projector.run()
+        except Exception as exc:  # what made it stop, for the test to look at
+            self.error = exc
 
     def stop(self) -> None:
         self.projector.stop()
@@ -180,9 +188,9 @@ def test_verify_finds_a_corrupted_document_and_repair_fixes_it(
     collection.delete_one({"_id": "acct-4"})
     collection.insert_one({"_id": "ghost", "version": 1, "balance_minor": 5})
 
-    def check(repair: bool) -> maintenance.VerifyReport:
-        return maintenance.verify(live_env, projector.read_model, projector.history,
-                                  maintenance.stream_accounts(client, live_env), repair=repair, progress=False)
+    def check(repair: bool) -> verification.VerifyReport:
+        return verification.verify(live_env, projector.read_model, projector.history,
+                                  verification.stream_accounts(client, live_env), repair=repair, progress=False)
 
     found = check(repair=False)
     assert not found.ok and found.accounts == 5
@@ -194,8 +202,8 @@ def test_verify_finds_a_corrupted_document_and_repair_fixes_it(
     assert_read_model_matches(client, live_env, mongo_standin.uri, mongo_db)
 
 
-def test_a_redis_restart_under_a_running_projector_recreates_its_groups(
-        mongo_standin: MongoStandIn, mongo_db: str) -> None:
+def test_a_vanished_group_is_recreated_but_a_redis_that_lost_its_data_stops_the_projector(
+        mongo_standin: MongoStandIn, mongo_db: str, capfd: pytest.CaptureFixture[str]) -> None:
     server = RedisProcess().start()
     prefix = f"t{uuid.uuid4().hex[:8]}"
     keys = KeySpace(prefix, 4)
@@ -206,14 +214,22 @@ def test_a_redis_restart_under_a_running_projector_recreates_its_groups(
             running = Running(make_projector(client, keys, settings(mongo_standin.uri, mongo_db)))
             try:
                 wait_until(lambda: "before" in read_model(mongo_standin.uri, mongo_db), 20, "the first event")
+                # Its consumer group destroyed by hand: recreated, and the partition read again.
+                log_key = keys.partition_log(keys.partition_of("middle"))
+                client.xgroup_destroy(log_key, "projector")
+                call("create_account", "middle")
+                wait_until(lambda: "middle" in read_model(mongo_standin.uri, mongo_db), 20, "the recreated group")
+                # Redis back on the same port, empty (no persistence): not the event store the read model
+                # came from. The projector stops rather than "repair" the read model to an empty store.
                 server.stop()
                 wait_until(lambda: not running.projector.health.redis_up, 20, "the projector to see the outage")
-                assert running.thread.is_alive()
-                server.start()  # same port, empty (no persistence): groups and leases are gone
+                server.start()
                 wait_until(lambda: call("create_account", "after")["statusCode"] == 201, 20, "Redis to be back")
-                wait_until(lambda: "after" in read_model(mongo_standin.uri, mongo_db), 30,
-                           "the projector to recover")
-                assert running.projector.health.redis_up
+                wait_until(lambda: not running.thread.is_alive(), 20, "the projector to stop")
+                assert {"before", "middle"} <= set(read_model(mongo_standin.uri, mongo_db))
+                assert "after" not in read_model(mongo_standin.uri, mongo_db)
+                assert isinstance(running.error, ForeignStore) and "no store identity" in running.error.detail
+                assert "changed under the projector" in capfd.readouterr().err  # the ERROR line
             finally:
                 running.stop()
     finally:

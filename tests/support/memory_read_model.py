@@ -24,6 +24,8 @@ from projector.read_model import (
     checkpoint_of,
     current_of,
     document,
+    note_document,
+    note_id,
     owner_document,
     timestamp,
 )
@@ -156,6 +158,15 @@ class InMemoryReadModel:
     def documents(self) -> dict[str, Document]:
         with self._db.lock:
             return {key: copy.deepcopy(doc) for key, doc in self._docs.items() if "kind" not in doc}
+
+    def note(self, name: str) -> Document | None:
+        with self._db.lock:
+            found = self._docs.get(note_id(name))
+            return copy.deepcopy(found) if found is not None and found.get("kind") == "note" else None
+
+    def write_note(self, name: str, fields: Document) -> None:
+        with self._db.lock:
+            self._docs[note_id(name)] = copy.deepcopy(note_document(name, fields))
 
     def recreate(self) -> None:
         with self._db.lock:

@@ -1,0 +1,141 @@
+"""``python -m projector verify``: every account's document against its stream (found by the streams' exact key
+names, never by splitting a key), the sum of all balances, and, with ``repair``, the document rewritten from
+the stream. What it found is kept as the read model's ``verify`` note, which ``status`` reports."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from tqdm import tqdm
+
+from projector.partition_log import redis_errors
+from projector.projection import History
+from projector.read_model import Document, MalformedDocument, ReadModel, Repair, document_state
+from shared import account
+from shared.account import Account
+from shared.errors import CorruptHistory
+from shared.keys import KeySpace
+from shared.money import format_minor
+
+log = logging.getLogger("ledgerstream.projector")
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    accounts: int = 0
+    differences: list[str] = field(default_factory=list)
+    stream_total: int = 0
+    model_total: int = 0
+    repaired: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.differences and self.stream_total == self.model_total
+
+    @property
+    def all_repaired(self) -> bool:
+        return bool(self.repaired) and len(self.repaired) == len(self.differences)
+
+
+VERIFY_NOTE = "verify"
+
+
+def record_verify(model: ReadModel, report: VerifyReport) -> None:
+    """What this verify found, for ``status`` to show beside its own checks (which compare checkpoints with
+    logs and cannot see a document gone wrong in between)."""
+    model.write_note(VERIFY_NOTE, {"at_ms": int(time.time() * 1000), "accounts": report.accounts,
+                                   "differences": len(report.differences), "repaired": len(report.repaired),
+                                   "first": report.differences[:3]})
+
+
+def verify(keys: KeySpace, model: ReadModel, history: History, stream_accounts: Iterator[str],
+           repair: bool = False, progress: bool = True) -> VerifyReport:
+    """Compare every document with its account stream: version, balance, owner, the recorded event ids, and
+    the sum of all balances. With ``repair``, rewrite every document that differs from its stream."""
+    documents = model.documents()
+    report = VerifyReport()
+    seen: set[str] = set()
+    with tqdm(disable=not progress, unit="account", desc="verify") as bar:
+        for account_id in stream_accounts:
+            seen.add(account_id)
+            report.accounts += 1
+            bar.update()
+            events = history(account_id, 0, None)
+            try:
+                state = account.rebuild(account_id, events)
+            except CorruptHistory as exc:
+                report.differences.append(f"{account_id}: its stream cannot be folded: {exc.detail}")
+                continue
+            report.stream_total += state.balance
+            doc = documents.get(account_id)
+            problem = _difference(state, [e.event_id for e in events], doc)
+            if doc is not None and isinstance(doc.get("balance_minor"), int):
+                report.model_total += int(doc["balance_minor"])
+            if problem:
+                report.differences.append(f"{account_id}: {problem}")
+                if repair:
+                    partition = keys.partition_of(account_id)
+                    position = (int(doc.get("log_ms", 0)), int(doc.get("log_seq", 0))) if doc else (0, 0)
+                    model.write((), (), [Repair(account_id, state, [e.event_id for e in events], partition,
+                                                position)])
+                    report.repaired.append(account_id)
+    for account_id, doc in documents.items():
+        if account_id in seen:
+            continue
+        try:
+            found = document_state(doc)
+        except MalformedDocument as exc:  # not an account's: shown, never deleted on a guess
+            report.differences.append(f"{exc.detail}; left as it is: remove it by hand if it does not belong")
+            continue
+        report.model_total += found.balance
+        report.differences.append(f"{account_id}: in the read model, but no such account stream")
+        if repair:
+            model.write((), (), [Repair(account_id, None, [], keys.partition_of(account_id), (0, 0))])
+            report.repaired.append(account_id)
+    return report
+
+
+def _difference(state: Account, event_ids: list[str], doc: Document | None) -> str | None:
+    if doc is None:
+        return f"missing from the read model (stream at version {state.version})"
+    try:
+        stored = document_state(doc)
+    except MalformedDocument as exc:
+        return exc.detail
+    version, balance = stored.version, stored.balance
+    if version != state.version:
+        kind = "behind" if version < state.version else "ahead of"
+        return f"read model at version {version} is {kind} the stream at {state.version}"
+    if balance != state.balance:
+        return f"balance {format_minor(balance)} in the read model, {format_minor(state.balance)} in the stream"
+    if stored.owner != state.owner:
+        return "the read model names another owner than the stream"
+    recorded = list(doc.get("event_ids") or [])
+    if recorded and recorded != event_ids[-len(recorded):]:
+        return "the read model records other events than the stream holds for its latest versions"
+    return None
+
+
+def stream_accounts(client: redis.Redis, keys: KeySpace) -> Iterator[str]:
+    """Every account with a stream under this prefix (SCAN on every master of a cluster). A key the SCAN
+    pattern finds that is not exactly an account's stream key (a client's idempotency key shaped like one, a
+    hand-made key) is foreign: logged, never taken for an account."""
+    key: Any
+    with redis_errors():
+        for key in client.scan_iter(match=keys.pattern("stream"), count=1000):
+            account_id = keys.stream_account(key)
+            if account_id is None:
+                log.warning("ignoring %r: not the stream key of an account", _shown(key),
+                            extra={"fields": {"foreign_key": _shown(key)}})
+                continue
+            yield account_id
+
+
+def _shown(key: bytes | str) -> str:
+    text = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
+    return text if len(text) <= 200 else text[:200] + "..."
