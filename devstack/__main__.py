@@ -17,7 +17,8 @@ Every API request needs a bearer token; with the local issuer, print one with
   python -m devstack token <subject> [--scope accounts:read --scope ...] [--account ID] [--ttl 1h]
 
 With --cluster, Redis is a 3-master Redis Cluster instead: redis-server processes on 127.0.0.1:7000-7002
-($DEV_CLUSTER_PORT moves the first; cluster bus on port + 10000), data (AOF) in $DEV_STATE_DIR/cluster.
+($DEV_CLUSTER_PORT moves the first; cluster bus on port + 10000), data (AOF) in $DEV_STATE_DIR/cluster,
+and the read model its own database (accountDB_cluster, unless MONGODB_DATABASE is set).
 """
 
 from __future__ import annotations
@@ -39,12 +40,14 @@ from devstack.mongo_standin import answers as mongo_answers
 from devstack.mongo_standin import command as mongo_command
 from devstack.process import port_in_use, spawn, terminate
 from devstack.redis_cluster import LocalCluster
-from devstack.redis_server import answers
+from devstack.redis_server import answers, durability
 from devstack.settings import DevSettings, load_dev_settings
 from shared.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 GUNICORN_CONFIG = ROOT / "gateway" / "gunicorn.conf.py"
+#: The read model's database under --cluster (MONGODB_DATABASE wins); the single-node stack keeps the default.
+CLUSTER_DATABASE = "accountDB_cluster"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,7 +108,7 @@ def _run(args: argparse.Namespace, dev: DevSettings) -> int:
         if args.cluster:
             cluster = _cluster(env, dev)
         else:
-            env["REDIS_URL"] = _redis(env, dev, started)
+            env["REDIS_URL"] = redis_for_run(env, dev, started)
         env["MONGODB_URI"] = _mongo(env, dev, started)
         manager = Manager(Printer(sys.stdout))
         if local_issuer:
@@ -149,13 +152,18 @@ def _busy_port(dev: DevSettings, local_issuer: bool) -> str | None:
     return None
 
 
-def _redis(env: dict[str, str], dev: DevSettings, started: list[subprocess.Popen[bytes]]) -> str:
+def redis_for_run(env: dict[str, str], dev: DevSettings, started: list[subprocess.Popen[bytes]]) -> str:
     if env.get("REDIS_URL"):
         print(f"devstack: using REDIS_URL from the environment ({_redacted(env['REDIS_URL'])})")
         return env["REDIS_URL"]
     url = f"redis://127.0.0.1:{dev.redis_port}/0"
     if answers(url):
         print(f"devstack: reusing the Redis already answering on port {dev.redis_port}")
+        weaker = durability(url)
+        if weaker is not None:
+            print(f"devstack: WARNING: that Redis is not the durable one make run starts ({weaker}; make run's "
+                  "own is appendonly yes, appendfsync always): an acknowledged write may be lost if it crashes. "
+                  "Stop it, or set DEV_REDIS_PORT to a free port for a Redis of make run's own", file=sys.stderr)
         return url
     binary = shutil.which("redis-server")
     if binary is None:
@@ -179,11 +187,9 @@ def _cluster(env: dict[str, str], dev: DevSettings) -> LocalCluster | None:
         raise RuntimeError("--cluster starts its own Redis Cluster: unset REDIS_URL, or run without --cluster "
                            "and set REDIS_CLUSTER=true to use a cluster of your own")
     ports = [dev.cluster_port + n for n in range(3)]
-    addresses = [f"127.0.0.1:{port}" for port in ports]
-    env.update({"REDIS_URL": f"redis://{addresses[0]}", "REDIS_CLUSTER": "true",
-                "REDIS_CLUSTER_NODES": ",".join(addresses[1:])})
+    addresses = cluster_environment(env, ports)
     print(f"devstack: for other tools: export REDIS_CLUSTER=true REDIS_URL={env['REDIS_URL']} "
-          f"REDIS_CLUSTER_NODES={env['REDIS_CLUSTER_NODES']}")
+          f"REDIS_CLUSTER_NODES={env['REDIS_CLUSTER_NODES']} MONGODB_DATABASE={env['MONGODB_DATABASE']}")
     if all(answers(f"redis://{address}/0") for address in addresses):
         print(f"devstack: reusing the Redis Cluster already answering on ports {ports[0]}-{ports[-1]}")
         return None
@@ -195,6 +201,16 @@ def _cluster(env: dict[str, str], dev: DevSettings) -> LocalCluster | None:
     print(f"devstack: started a 3-master Redis Cluster on ports {ports[0]}-{ports[-1]} "
           f"(data and logs: {dev.state_dir / 'cluster'})")
     return cluster
+
+
+def cluster_environment(env: dict[str, str], ports: list[int]) -> list[str]:
+    """Point ``env`` at the local cluster on ``ports``, with a read model of its own (the single-node stack's
+    documents were projected from another Redis); the nodes' addresses."""
+    addresses = [f"127.0.0.1:{port}" for port in ports]
+    env.setdefault("MONGODB_DATABASE", CLUSTER_DATABASE)
+    env.update({"REDIS_URL": f"redis://{addresses[0]}", "REDIS_CLUSTER": "true",
+                "REDIS_CLUSTER_NODES": ",".join(addresses[1:])})
+    return addresses
 
 
 def _mongo(env: dict[str, str], dev: DevSettings, started: list[subprocess.Popen[bytes]]) -> str:

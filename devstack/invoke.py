@@ -6,7 +6,8 @@
 
 The functions verify the event's bearer token: ``--token`` puts one in the event's Authorization header.
 Without AUTH_ISSUER (or AUTH_MODE) in the environment or a template parameter, they trust the local issuer
-that ``make run`` starts, as the rest of the local stack does.
+that ``make run`` starts, as the rest of the local stack does; without REDIS_URL or ``--parameter RedisUrl=``,
+they use the Redis ``make run`` uses (127.0.0.1:$DEV_REDIS_PORT, 6379).
 """
 
 from __future__ import annotations
@@ -105,14 +106,17 @@ def main(argv: list[str] | None = None) -> int:
             event[key] = {k: v for k, v in (event.get(key) or {}).items() if k.lower() != "authorization"}
         event["headers"]["Authorization"] = f"Bearer {args.token}"
         event["multiValueHeaders"]["Authorization"] = [f"Bearer {args.token}"]
+    try:
+        dev = load_dev_settings()
+    except ConfigError as exc:
+        parser.error(str(exc))
+    if "RedisUrl" not in overrides and not os.environ.get("REDIS_URL"):
+        # The Redis `make run` uses, not the template's placeholder default: one local stack, one store.
+        overrides["RedisUrl"] = f"redis://127.0.0.1:{dev.redis_port}/0"
     code_dir, handler, env = resolve(args.function, args.template, overrides)
     # The shell's environment wins, as `sam local invoke --env-vars` would let it.
     os.environ.update({k: v for k, v in env.items() if k not in os.environ and v != ""})
     if not (os.environ.get("AUTH_ISSUER") or os.environ.get("AUTH_MODE")):
-        try:
-            dev = load_dev_settings()
-        except ConfigError as exc:
-            parser.error(str(exc))
         os.environ.update({"AUTH_ISSUER": local_url(dev.issuer_port), "AUTH_AUDIENCE": LOCAL_AUDIENCE})
     module_name, function_name = handler.rsplit(".", 1)
     spec = importlib.util.spec_from_file_location(module_name, code_dir / f"{module_name}.py")

@@ -45,7 +45,10 @@ def terminate(process: subprocess.Popen[bytes] | None, grace: float = 5.0) -> No
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something listens on ``port``. SO_REUSEADDR, as every server sets it: the sockets a stopped
+    server leaves in TIME-WAIT would otherwise refuse the probe, though a restarted server binds fine."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

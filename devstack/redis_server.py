@@ -24,6 +24,25 @@ def answers(url: str, timeout: float = 0.5) -> bool:
         client.close()
 
 
+def durability(url: str, timeout: float = 0.5) -> str | None:
+    """How the Redis at ``url`` persists, when that falls short of an AOF fsynced before every reply (what
+    ``make run`` starts): e.g. "appendonly no, RDB snapshots off". None when it is that durable, or when its
+    configuration cannot be read (CONFIG may be renamed or forbidden on a managed server)."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout,
+                                  decode_responses=True)
+    try:
+        config = client.config_get("append*") | client.config_get("save")
+    except redis.RedisError:
+        return None
+    finally:
+        client.close()
+    if config.get("appendonly") == "yes" and config.get("appendfsync") == "always":
+        return None
+    aof = (f"appendonly yes, appendfsync {config.get('appendfsync')}" if config.get("appendonly") == "yes"
+           else "appendonly no")
+    return f"{aof}, RDB snapshots {config.get('save') or 'off'}"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
