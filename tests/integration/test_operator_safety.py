@@ -9,9 +9,11 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
+from pymongo import MongoClient
 
 from devstack.mongo_standin import MongoStandIn
 from devstack.redis_server import RedisProcess
@@ -126,8 +128,7 @@ def test_a_running_projector_stops_when_its_redis_loses_its_identity(live_env: K
 
 def test_status_is_not_ok_while_the_last_verify_found_differences(
         projected: dict[str, str], mongo_standin: MongoStandIn, mongo_db: str) -> None:
-    from pymongo import MongoClient
-
+    client: MongoClient[dict[str, Any]]
     with MongoClient(mongo_standin.uri) as client:
         client[mongo_db]["accountCollection"].update_one({"_id": "alice"}, {"$set": {"balance_minor": 1}})
     assert _cli(projected, "status").returncode == 0  # the checkpoints cannot see it
