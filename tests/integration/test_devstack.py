@@ -82,15 +82,17 @@ def restored_environ() -> Iterator[None]:
     runtime.reset()
 
 
-def test_invoke_writes_to_the_redis_make_run_uses(plain_redis: RedisProcess, live_env: KeySpace,
-                                                  restored_environ: None, monkeypatch: pytest.MonkeyPatch,
+def test_invoke_writes_to_the_redis_make_run_uses(plain_redis: RedisProcess, restored_environ: None,
+                                                  monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.delenv("REDIS_URL", raising=False)
-    monkeypatch.setenv("REDIS_CLUSTER", "false")
+    for name in ("REDIS_URL", "REDIS_CLUSTER", "REDIS_CLUSTER_NODES"):
+        monkeypatch.delenv(name, raising=False)
+    keys = KeySpace(f"test-invoke-{plain_redis.port}", 16)
+    monkeypatch.setenv("LEDGER_KEY_PREFIX", keys.prefix)
     monkeypatch.setenv("DEV_REDIS_PORT", str(plain_redis.port))
     runtime.reset()
     assert invoke.main(["CreateAccountFunction", "events/create_account.json"]) == 0
     assert json.loads(capsys.readouterr().out)["statusCode"] == 201
     created = json.loads((invoke.ROOT / "events/create_account.json").read_text())
     account_id = json.loads(created["body"])["id"]
-    assert redis.Redis.from_url(plain_redis.url).exists(live_env.stream(account_id))
+    assert redis.Redis.from_url(plain_redis.url).exists(keys.stream(account_id))

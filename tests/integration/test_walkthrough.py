@@ -88,12 +88,10 @@ def test_the_walk_through_answers_as_the_readme_says_and_again_the_same(stack: d
     for answer, shown in zip(answers, promised, strict=True):
         body = answer.rsplit(" ", 1)[0]
         json.loads(body)  # a whole JSON document, nothing else
-        for fragment in re.split(r",?\.\.\.,?", shown.rstrip(",")):
-            fragment = fragment.strip("{} ")
-            for part in re.findall(r'"[a-z_]+":(?:"[^"]*"|[0-9]+|\{[^}]*\})', fragment):
-                if "2026-" in part or "127.0.0.1" in part:
-                    continue  # times and the issuer's port differ from the README's example
-                assert part in body, (part, body)
+        for part in re.findall(r'"[a-z_]+":(?:"[^"]*"|[0-9]+|\{[^}]*\})', shown):
+            if "2026-" in part or "127.0.0.1" in part:
+                continue  # times and the issuer's port differ from the README's example
+            assert part in body, (part, body)
     assert [a.rsplit(" ", 1)[1] for a in answers] == ["201", "200", "200", "200", "404", "401"]
     assert '"balance": "0.00"' in "\n".join(first)  # projector show
     second = _run(script, stack)
