@@ -104,7 +104,7 @@ def test_a_repair_against_another_redis_refuses_and_deletes_nothing(
 def test_a_repair_refuses_an_empty_event_store_even_when_named(
         projected: dict[str, str], other_redis: RedisProcess, mongo_standin: MongoStandIn, mongo_db: str) -> None:
     keys = KeySpace(projected["LEDGER_KEY_PREFIX"], 8)
-    ours = redis.Redis.from_url(projected["REDIS_URL"]).get(keys.store_identity())
+    ours = runtime.redis_client().get(keys.store_identity())
     redis.Redis.from_url(other_redis.url).set(keys.store_identity(), ours or b"")  # a copied key, no data
     foreign = {**projected, "REDIS_URL": other_redis.url, "REDIS_CLUSTER": "false", "REDIS_CLUSTER_NODES": ""}
     refused = _cli(foreign, "verify", "--repair", "--no-progress")
