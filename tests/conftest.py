@@ -191,3 +191,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.mongo)
         if "real_mongo_uri" in fixtures:
             item.add_marker(pytest.mark.real_mongo)
+
+
+@pytest.fixture
+def restored_environ() -> Iterator[None]:
+    """For code that changes os.environ as it would in a process of its own (``devstack.invoke`` adds the
+    template's variables): the environment as it was afterwards, and the per-process wiring rebuilt."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+    runtime.reset()

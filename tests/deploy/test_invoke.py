@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
 
 import pytest
 
@@ -14,16 +12,6 @@ from shared import runtime
 from shared.keys import KeySpace
 
 pytestmark = pytest.mark.usefixtures("live_env", "restored_environ")
-
-
-@pytest.fixture
-def restored_environ() -> Iterator[None]:
-    """invoke.main adds the template's variables to os.environ, as it would in a process of its own."""
-    saved = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
-    runtime.reset()
 
 
 def test_invoke_by_logical_id(capsys: pytest.CaptureFixture[str], live_env: KeySpace) -> None:

@@ -4,7 +4,6 @@ restart, a read model of its own for the cluster topology, and `devstack.invoke`
 from __future__ import annotations
 
 import json
-import os
 import socket
 from collections.abc import Iterator
 from dataclasses import replace
@@ -71,15 +70,6 @@ def test_the_cluster_topology_keeps_a_read_model_of_its_own() -> None:
     chosen = {"MONGODB_DATABASE": "mine"}
     cluster_environment(chosen, [7000, 7001, 7002])
     assert chosen["MONGODB_DATABASE"] == "mine"
-
-
-@pytest.fixture
-def restored_environ() -> Iterator[None]:
-    saved = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
-    runtime.reset()
 
 
 def test_invoke_writes_to_the_redis_make_run_uses(plain_redis: RedisProcess, restored_environ: None,
