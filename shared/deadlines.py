@@ -6,20 +6,19 @@ its round trips. The budget is in real monotonic time, whatever clock the servic
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 
 _DEADLINE: ContextVar[float | None] = ContextVar("command_deadline", default=None)
 
 
-@contextmanager
-def within(seconds: float) -> Iterator[None]:
-    token = _DEADLINE.set(time.monotonic() + seconds)
-    try:
-        yield
-    finally:
-        _DEADLINE.reset(token)
+def start(seconds: float) -> Token[float | None]:
+    """The budget of the command starting now; hand the token to ``end`` when it is over. (A pair of calls,
+    not a context manager: this runs on every command, and a generator-based one costs ~1 µs.)"""
+    return _DEADLINE.set(time.monotonic() + seconds)
+
+
+def end(token: Token[float | None]) -> None:
+    _DEADLINE.reset(token)
 
 
 def remaining() -> float | None:

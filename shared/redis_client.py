@@ -216,9 +216,9 @@ class ScriptRunner:
             client: Any = self._client
             return client.execute_command(*args)
         connection = self._kept
-        self._take_turn()
+        left = self._take_turn()
         try:
-            exchange = _bounded(connection, partial(_send, connection, args))
+            exchange = _bounded(connection, partial(_send, connection, args), left)
             return connection.retry.call_with_retry(exchange, connection.disconnect_on)
         finally:
             self._lock.release()
@@ -230,19 +230,20 @@ class ScriptRunner:
             _refuse_past_deadline()
             return script(keys=keys, args=args)
         connection = self._kept
-        self._take_turn()
+        left = self._take_turn()
         try:
-            exchange = _bounded(connection, partial(_evalsha, connection, script, keys, args))
+            exchange = _bounded(connection, partial(_evalsha, connection, script, keys, args), left)
             return connection.retry.call_with_retry(exchange, connection.disconnect_on)
         finally:
             self._lock.release()
 
-    def _take_turn(self) -> None:
+    def _take_turn(self) -> float | None:
         """The kept connection's lock, waiting no longer than the command's deadline (threads of one process
         share the connection, and one blocked on a frozen Redis holds it for a whole socket timeout)."""
         left = deadlines.remaining()
         if not self._lock.acquire(timeout=-1 if left is None else max(0.0, left)):
             raise RedisTimeoutError("the command's deadline passed waiting for the connection")
+        return left
 
 
 #: What a reconnect may wait on before its command is sent: the TCP connect, the handshake's health PING and
@@ -266,13 +267,13 @@ def _reconnect_within(connection: Any, left: float) -> None:
             connection._sock.settimeout(configured[0])
 
 
-def _bounded(connection: Any, exchange: Callable[[], Any]) -> Callable[[], Any]:
+def _bounded(connection: Any, exchange: Callable[[], Any], left: float | None) -> Callable[[], Any]:
     """``exchange`` within the command's deadline (``shared.deadlines``), checked at each attempt of the
     connection's Retry: as it is while more time is left than the socket timeout (a healthy command: no cost
     but a clock read), with the socket timeout cut to what is left when less is, refused when nothing is. A
     reconnect takes from the same budget: a dropped idle connection is reconnected at a command's start with
     every timeout as configured, a late one with each step cut to a share of what is left."""
-    if deadlines.remaining() is None:
+    if left is None:  # outside a command (the projector, the tools)
         return exchange
 
     def within_deadline() -> Any:

@@ -95,8 +95,11 @@ class AccountService:
         return self._store.read(account_id, after_version, limit)
 
     def execute(self, account_id: str, command: Command, context: CommandContext) -> CommandResult:
-        with deadlines.within(self._deadline):  # every store call inside gets only what is left of it
+        budget = deadlines.start(self._deadline)  # every store call inside gets only what is left of it
+        try:
             return self._execute(account_id, command, context)
+        finally:
+            deadlines.end(budget)
 
     def _execute(self, account_id: str, command: Command, context: CommandContext) -> CommandResult:
         # Fingerprints exist only to compare a retry with its original, so only requests with a key pay.
