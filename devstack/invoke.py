@@ -13,6 +13,7 @@ they use the Redis ``make run`` uses (127.0.0.1:$DEV_REDIS_PORT, 6379).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -124,7 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.util.module_from_spec(spec)
     sys.path.insert(0, str(code_dir))
     spec.loader.exec_module(module)
-    response = getattr(module, function_name)(event, None)
+    # What the function writes (its log, its EMF metric lines) goes to stderr, as `sam local invoke` keeps it
+    # apart from the response: stdout carries the response alone, for a pipe to read.
+    with contextlib.redirect_stdout(sys.stderr):
+        response = getattr(module, function_name)(event, None)
     print(json.dumps(response, indent=2))
     return 0
 

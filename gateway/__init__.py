@@ -16,6 +16,7 @@ from gateway.settings import load_gateway_settings
 from shared import errors, runtime
 from shared.api import Dependencies
 from shared.http import RouteHandler, json_response, problem_response, serve
+from shared.metrics import UNMATCHED
 
 log = logging.getLogger("ledgerstream.gateway")
 
@@ -34,8 +35,18 @@ def create_app(dependencies: Callable[[], Dependencies] = runtime.dependencies,
     # No automatic OPTIONS (Flask's is a text/html 200): OPTIONS is a 405 problem like any method a route lacks.
     app.add_url_rule("/healthz", "healthz", _healthz, provide_automatic_options=False)
     app.add_url_rule("/readyz", "readyz", lambda: _readyz(readiness), provide_automatic_options=False)
-    app.register_error_handler(HTTPException, _http_error)
-    app.register_error_handler(Exception, _unhandled)
+    metrics = runtime.metrics()
+
+    def counted(response: Response) -> Response:
+        """What the gateway answers itself is counted with the handlers' answers. It did no work worth timing:
+        the request was refused before any handler ran."""
+        rule = request.url_rule.rule if request.url_rule is not None else None
+        route = rule.replace("<", "{").replace(">", "}") if rule else UNMATCHED
+        metrics.request(route, request.method, response.status_code, 0.0)
+        return response
+
+    app.register_error_handler(HTTPException, lambda exc: counted(_http_error(exc)))
+    app.register_error_handler(Exception, lambda exc: counted(_unhandled(exc)))
     return app
 
 

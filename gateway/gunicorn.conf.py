@@ -1,13 +1,18 @@
 """gunicorn settings for the gateway, from the environment (GUNICORN_BIND, WEB_CONCURRENCY, ...), validated by
 gateway/settings.py like every other setting: a bad value stops gunicorn with a message naming the variable.
 
-With GATEWAY_HEALTH_BIND set, a small side process answers /healthz and /readyz on that address, so that a
-probe is answered within a second even while every worker is busy (a frozen Redis, a flood of requests).
+With GATEWAY_HEALTH_BIND set, a small side process answers /healthz, /readyz and /metrics on that address, so
+that a probe is answered within a second even while every worker is busy (a frozen Redis, a flood of requests),
+and the metrics are the sum over every worker, never on the public port.
 """
 
 import gc
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from gateway.settings import load_gateway_settings
@@ -18,6 +23,19 @@ try:
     load_auth_settings()  # an API nobody configured authentication for does not start
 except ConfigError as error:
     raise SystemExit(f"gunicorn: {error}") from None
+
+# Each worker writes its counts to files here and the health process sums them. prometheus_client reads the
+# directory from the environment when it is first imported, so it is set before any worker exists (and before
+# anything here imports it). A directory named by the operator is emptied: a previous run's counts would be
+# added to this one's.
+if _settings.metrics_dir:
+    _metrics_dir, _own_metrics_dir = Path(_settings.metrics_dir), False
+    _metrics_dir.mkdir(parents=True, exist_ok=True)
+    for _stale in _metrics_dir.glob("*.db"):
+        _stale.unlink()
+else:
+    _metrics_dir, _own_metrics_dir = Path(tempfile.mkdtemp(prefix="ledgerstream-metrics-")), True
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_metrics_dir)
 
 bind = _settings.bind
 workers = _settings.workers
@@ -53,8 +71,16 @@ def post_worker_init(worker: Any) -> None:
     gc.freeze()
 
 
+def child_exit(server: Any, worker: Any) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # its counters stay in the sum; its live gauges go
+
+
 def on_exit(server: Any) -> None:
     for child in _children:
         if child.poll() is None:
             child.terminate()
             child.wait(10)
+    if _own_metrics_dir:
+        shutil.rmtree(_metrics_dir, ignore_errors=True)

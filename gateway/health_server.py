@@ -7,6 +7,8 @@ to its command deadline, and a probe queued behind them would time out and get a
 * ``/healthz`` (liveness): gunicorn's listening socket accepts a connection. It does not look at Redis.
 * ``/readyz`` (readiness): Redis answers (on a cluster: every master that owns a partition), checked with a
   short timeout and remembered for a second, so a frozen Redis turns it 503 within a second.
+* ``/metrics``: Prometheus text, the sum of every worker's request and append counts (read from the files
+  they write, see gunicorn.conf.py) and Redis's memory against its limit.
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ import time
 from http.server import ThreadingHTTPServer
 
 import redis
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from redis.exceptions import RedisError
 
+from gateway.settings import load_gateway_settings
 from shared import errors, probe_server
 from shared.clock import new_id
 from shared.config import load_settings
@@ -30,7 +35,8 @@ from shared.errors import StoreUnavailable
 from shared.http import ProxyResponse, json_response, problem_response
 from shared.keys import KeySpace
 from shared.probe_server import ProbeAnswer
-from shared.redis_client import build_client, check_ready
+from shared.prometheus_metrics import RedisMemoryCollector
+from shared.redis_client import NodeMemory, build_client, check_ready, memory
 
 _PROBE_TIMEOUT_S = 0.8
 
@@ -71,6 +77,25 @@ class Probes:
             self._ready = (time.monotonic(), problem)
             return problem
 
+    def memory(self) -> list[NodeMemory]:
+        with self._lock:
+            try:
+                if self._client is None:
+                    self._client = build_client(self._settings)
+                return memory(self._client)
+            except RedisError:
+                self._client = None
+                raise StoreUnavailable.unreachable() from None
+
+
+def metrics_registry(probes: Probes, metrics_dir: str) -> CollectorRegistry:
+    """Every worker's counts (when they write them to ``metrics_dir``) and Redis's memory, read per scrape."""
+    registry = CollectorRegistry()
+    if metrics_dir:
+        MultiProcessCollector(registry, path=metrics_dir)  # type: ignore[no-untyped-call]
+    registry.register(RedisMemoryCollector(probes.memory))
+    return registry
+
 
 def answer(path: str, probes: Probes) -> ProxyResponse:
     """The probe's answer, in the same shape (and with the same problem documents) as the gateway's own."""
@@ -88,8 +113,10 @@ def answer(path: str, probes: Probes) -> ProxyResponse:
                             request_id=request_id)
 
 
-def serve(bind: tuple[str, int], probes: Probes) -> ThreadingHTTPServer:
+def serve(bind: tuple[str, int], probes: Probes, registry: CollectorRegistry | None = None) -> ThreadingHTTPServer:
     def probe(path: str) -> ProbeAnswer:
+        if path == "/metrics" and registry is not None:
+            return 200, {"Content-Type": CONTENT_TYPE_LATEST}, generate_latest(registry)
         response = answer(path, probes)
         return response["statusCode"], response["headers"], response["body"].encode()
 
@@ -106,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bind", required=True, help="host:port to answer the probes on")
     parser.add_argument("--app", required=True, help="gunicorn's bind address, host:port")
     args = parser.parse_args(argv)
-    server = serve(_address(args.bind), Probes(_address(args.app)))
+    probes = Probes(_address(args.app))
+    server = serve(_address(args.bind), probes, metrics_registry(probes, load_gateway_settings().metrics_dir))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     with contextlib.suppress(KeyboardInterrupt):

@@ -32,6 +32,9 @@ class GatewaySettings:
     health_bind: str = ""
     #: Take the request id from the X-Request-Id header, because a proxy we trust (nginx) sets it.
     trust_request_id: bool = False
+    #: Where the workers write their metrics for the health process to sum (prometheus_client's
+    #: PROMETHEUS_MULTIPROC_DIR); empty: a fresh directory per gunicorn start.
+    metrics_dir: str = ""
 
 
 def load_gateway_settings(environ: Mapping[str, str] | None = None) -> GatewaySettings:
@@ -49,4 +52,5 @@ def load_gateway_settings(environ: Mapping[str, str] | None = None) -> GatewaySe
         health_bind=env.address("GATEWAY_HEALTH_BIND", defaults.health_bind) if env.raw("GATEWAY_HEALTH_BIND")
         else "",
         trust_request_id=env.flag("TRUST_PROXY_REQUEST_ID", defaults.trust_request_id),
+        metrics_dir=env.raw("PROMETHEUS_MULTIPROC_DIR") or defaults.metrics_dir,
     )

@@ -206,7 +206,8 @@ def _run(wiring: Wiring, settings: ProjectorSettings) -> int:
     server = None
     if settings.health_port:
         try:
-            server = health.serve(projector.health, settings.health_bind, settings.health_port)
+            server = health.serve(projector.health, settings.health_bind, settings.health_port,
+                                  wiring.metrics(projector))
         except OSError as exc:
             raise HealthPortBusy(f"cannot serve /healthz on {settings.health_bind}:{settings.health_port}: "
                                  f"{exc.strerror} (another projector running here? set PROJECTOR_HEALTH_PORT to "

@@ -5,6 +5,7 @@
   parked), or nothing to do. Backing off during an outage counts as progress: restarting would not help.
 * ``/readyz``: 503 while Redis or MongoDB is out of reach, or while a partition's read model is known to
   disagree with its log (a repair or re-projection is under way).
+* ``/metrics``: Prometheus text (``projector/metrics.py``).
 
 Both answer JSON with the details, so a human can read the same thing the platform acts on.
 """
@@ -16,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from http.server import ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from shared import probe_server
 from shared.probe_server import ProbeAnswer
@@ -37,12 +40,21 @@ class Health:
     diverged: dict[int, str] = field(default_factory=dict)
     batches: int = 0
     events_applied: int = 0
+    #: Documents rewritten from history because the read model had them wrong (``BatchReport.repaired``).
+    repairs: int = 0
+    #: Entries applied again by a re-projection (after a wiped or restored read model).
+    reprojected: int = 0
+    #: Partitions taken from a replica that had not handed them back (killed, or cut off).
+    takeovers: int = 0
 
     def beat(self) -> None:
         self.last_beat = time.monotonic()
 
     def progressed(self) -> None:
         self.last_progress = time.monotonic()
+
+    def taken_over(self, partition: int) -> None:
+        self.takeovers += 1
 
     def live(self) -> tuple[bool, dict[str, object]]:
         now = time.monotonic()
@@ -60,18 +72,20 @@ class Health:
                     "owned_partitions": list(self.owned)}
 
 
-def answer(health: Health, path: str) -> ProbeAnswer:
+def answer(health: Health, path: str, metrics: CollectorRegistry | None = None) -> ProbeAnswer:
+    if path == "/metrics" and metrics is not None:
+        return 200, {"Content-Type": CONTENT_TYPE_LATEST}, generate_latest(metrics)
     if path == "/healthz":
         ok, body = health.live()
     elif path == "/readyz":
         ok, body = health.ready()
     else:
-        return 404, _JSON, json.dumps({"status": "not found", "paths": ["/healthz", "/readyz"]}).encode()
+        return 404, _JSON, json.dumps({"status": "not found", "paths": ["/healthz", "/readyz", "/metrics"]}).encode()
     return 200 if ok else 503, _JSON, json.dumps(body).encode()
 
 
 _JSON = {"Content-Type": "application/json"}
 
 
-def serve(health: Health, bind: str, port: int) -> ThreadingHTTPServer:
-    return probe_server.serve(bind, port, partial(answer, health))
+def serve(health: Health, bind: str, port: int, metrics: CollectorRegistry | None = None) -> ThreadingHTTPServer:
+    return probe_server.serve(bind, port, partial(answer, health, metrics=metrics))

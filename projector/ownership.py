@@ -28,8 +28,11 @@ class Ownership:
     def __init__(self, group: ConsumerGroup, dead_letters: DeadLetters, leases: PartitionLeases,
                  partitions: dict[int, Partition], outages: Outages, guard: Guard,
                  quiesce: Callable[[list[int]], None] = lambda numbers: None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        """``quiesce`` stops reading partitions about to be handed back, before their leases go."""
+                 clock: Callable[[], float] = time.monotonic,
+                 on_takeover: Callable[[int], None] = lambda number: None) -> None:
+        """``quiesce`` stops reading partitions about to be handed back, before their leases go;
+        ``on_takeover`` hears of each partition taken from a replica that did not hand it back."""
+        self._on_takeover = on_takeover
         self._group, self._dead_letters, self._leases = group, dead_letters, leases
         self._partitions, self._outages, self._guard, self._clock = partitions, outages, guard, clock
         self._quiesce = quiesce
@@ -58,7 +61,7 @@ class Ownership:
     def _take(self, number: int) -> None:
         lease = self._leases.owned[number].value
         try:
-            claimed = self._group.take_over(number)
+            taken = self._group.take_over(number)
             quarantine = self._dead_letters.quarantined(number)
         except (StoreUnavailable, GroupMissing) as exc:
             log.warning("cannot take partition %d over yet: %s", number, describe(exc))
@@ -67,8 +70,11 @@ class Ownership:
                 self._outages.mark_down(number, exc)
             return
         self._partitions[number] = Partition(number, lease, retries=Retries(quarantine=quarantine))
-        log.info("took partition %d (claimed %d pending entries)", number, claimed,
-                 extra={"fields": {"partition": number, "lease": "acquired", "claimed": claimed}})
+        log.info("took partition %d (claimed %d pending entries)", number, taken.claimed,
+                 extra={"fields": {"partition": number, "lease": "acquired", "claimed": taken.claimed,
+                                   "taken_over": taken.abandoned_by > 0}})
+        if taken.abandoned_by:
+            self._on_takeover(number)
 
     def hand_back(self, number: int) -> None:
         self._partitions.pop(number, None)

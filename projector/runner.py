@@ -55,7 +55,7 @@ class Runner:
         self.health = Health(stall_s=settings.stall_seconds)
         self.outages = Outages(node_of, clock)
         self.ownership = Ownership(group, dead_letters, leases, self.partitions, self.outages, self._on,
-                                   self._quiesce, clock)
+                                   self._quiesce, clock, self.health.taken_over)
         self.processor = Processor(group, partition_log, model, history, self.partitions, settings.max_deliveries,
                                    self.ownership.lost, clock)
         self.recovery = Recovery(partition_log, model, history, settings.check_interval_seconds,
@@ -160,6 +160,7 @@ class Runner:
             if partition.progress.reproject is not None and self.outages.reachable(number):
                 reprojected += self._on(number, partial(self.recovery.reproject, partition)) or 0
         if reprojected:
+            self.health.reprojected += reprojected
             self.health.progressed()
         self.health.diverged = {n: p.progress.diverged for n, p in self.partitions.items() if p.progress.diverged}
         entries = self._gather()
@@ -173,6 +174,7 @@ class Runner:
         report = self.processor.process(entries)
         self.health.batches += 1
         self.health.events_applied += report.applied
+        self.health.repairs += report.repaired
         if report.progressed:
             self.health.progressed()
         log.info("batch", extra={"fields": {

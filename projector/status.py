@@ -29,6 +29,8 @@ class PartitionStatus:
     length: int
     #: Log entries after the read model's checkpoint (counted up to _LAG_CAP).
     lag: int
+    #: How long the oldest of those has waited (from its entry id's timestamp); None when there are none.
+    lag_age_s: float | None
     pending: int
     oldest_pending_age_s: float | None
     last_progress_age_s: float | None
@@ -49,13 +51,15 @@ def status(partition_log: PartitionLog, dead_letters: DeadLetters, leases: Parti
         finding = recovery.compare(partition_log, model, partition)
         info = partition_log.group_info(partition)
         lag = partition_log.count_after(partition, finding.keep, _LAG_CAP)
+        first = partition_log.scan(partition, finding.keep, "+", 1) if lag else []
+        lag_age = max(0.0, (now_ms - int(first[0].entry_id.split("-")[0])) / 1000) if first else None
         oldest_id = partition_log.oldest_pending(partition) if info and info.pending else None
         oldest = None if oldest_id is None else max(0.0, (now_ms - int(oldest_id.split("-")[0])) / 1000)
         updated = finding.checkpoint.updated_ms if finding.checkpoint else None
         progress = None if updated is None else max(0.0, (now_ms - updated) / 1000)
         parked, quarantined = len(dead_letters.parked([partition])), len(dead_letters.quarantined(partition))
         diverged = _divergence(finding)
-        row = PartitionStatus(partition, view.owner, partition_log.length(partition), lag,
+        row = PartitionStatus(partition, view.owner, partition_log.length(partition), lag, lag_age,
                               info.pending if info else 0, oldest, progress, finding.keep,
                               partition_log.end(partition), parked, quarantined, diverged)
         row.problems.extend(_problems(row, stall_s))

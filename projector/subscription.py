@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 from redis.exceptions import NoScriptError, ResponseError
@@ -36,6 +36,15 @@ return redis.call('XACK', KEYS[2], ARGV[2], ARGV[3])
 """
 
 
+
+class TakeOver(NamedTuple):
+    """What taking a partition found: entries claimed, and consumers that had not left the group. A replica
+    that hands a partition back leaves its group, so a consumer still there means its replica stopped without
+    doing so (killed, or cut off): the partition was taken over, not handed over."""
+
+    claimed: int
+    abandoned_by: int
+
 class ConsumerGroup:
     def __init__(self, client: redis.Redis, keys: KeySpace, group: str, consumer: str) -> None:
         self._redis = client
@@ -58,9 +67,8 @@ class ConsumerGroup:
                 if "BUSYGROUP" not in str(exc):
                     raise
 
-    def take_over(self, partition: int) -> int:
-        """Make every pending entry of the group ours, and delete the consumers left with nothing. Returns how
-        many were claimed."""
+    def take_over(self, partition: int) -> TakeOver:
+        """Make every pending entry of the group ours, and delete the consumers left with nothing."""
         self.ensure(partition)
         key = self._log(partition)
         claimed, cursor = 0, "0-0"
@@ -75,8 +83,7 @@ class ConsumerGroup:
                     self._redis.xack(key, self.group, *deleted)
                 if cursor == "0-0":
                     break
-        self.drop_idle_consumers(partition)
-        return claimed
+        return TakeOver(claimed, self.drop_idle_consumers(partition))
 
     def drop_idle_consumers(self, partition: int) -> int:
         """Delete the group's consumers (other than us) that own no pending entry: a rolled pod's old name."""

@@ -6,10 +6,13 @@ import dataclasses
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import redis
+from prometheus_client import CollectorRegistry
 
+from projector import metrics, status
 from projector.dead_letters import DeadLetters
 from projector.leases import PartitionLeases
 from projector.mongo_read_model import MongoReadModel, connect
@@ -23,7 +26,7 @@ from projector.subscription import ConsumerGroup
 from shared.config import Settings
 from shared.events import RecordedEvent
 from shared.keys import KeySpace
-from shared.redis_client import build_client, is_cluster
+from shared.redis_client import build_client, is_cluster, memory
 from shared.redis_store import RedisEventStore
 
 
@@ -45,6 +48,12 @@ class Wiring:
     def runner(self) -> Runner:
         return Runner(self.group, self.log, self.dead_letters, self.leases, self.model, self.history, self.settings,
                       self.node_of, self.block_ms, identity=self.identity)
+
+    def metrics(self, runner: Runner) -> CollectorRegistry:
+        """What ``/metrics`` reports: ``runner``'s tallies, and every partition read when scraped."""
+        return metrics.registry(runner.health, partial(status.status, self.log, self.dead_letters, self.leases,
+                                                       self.model, self.settings.stall_seconds),
+                                partial(memory, self.client))
 
     @property
     def identity(self) -> StoreIdentity:

@@ -10,6 +10,7 @@ from shared.account import Deposit, Withdraw
 from shared.config import Settings
 from shared.errors import IdempotencyKeyRequired
 from shared.http import ApiRequest, ProxyResponse, json_response
+from shared.metrics import NO_METRICS, Metrics
 from shared.money import parse_amount
 from shared.principal import Authenticator
 from shared.representations import command_headers, movement_body
@@ -27,6 +28,7 @@ class Dependencies:
     settings: Settings
     service_provider: Callable[[], AccountService]
     authenticator: Authenticator
+    metrics: Metrics = NO_METRICS
 
     @property
     def service(self) -> AccountService:

@@ -177,6 +177,9 @@ class Settings:
     snapshot_interval: int = 2
     max_body_bytes: int = 16_384
     log_level: str = "INFO"
+    #: How request and append counts leave the process: PROMETHEUS (scraped from the probe address), EMF
+    #: (CloudWatch embedded-metric log lines, on Lambda) or OFF.
+    metrics_format: str = "PROMETHEUS"
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -205,6 +208,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         snapshot_interval=env.number("SNAPSHOT_INTERVAL", defaults.snapshot_interval, int, 0, 100_000),
         max_body_bytes=env.number("MAX_BODY_BYTES", defaults.max_body_bytes, int, 256, 1_048_576),
         log_level=env.choice("LOG_LEVEL", defaults.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")),
+        metrics_format=env.choice("METRICS_FORMAT", defaults.metrics_format, ("PROMETHEUS", "EMF", "OFF")),
     )
 
 

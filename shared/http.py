@@ -18,11 +18,12 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 
 import orjson
 
-from shared import errors
+from shared import errors, metrics
 from shared.clock import new_id
 from shared.config import ConfigError
 from shared.errors import LedgerError
 from shared.logs import FieldsRecord
+from shared.metrics import Metrics
 from shared.principal import NOBODY, SCOPE_BY_METHOD, WRITE, Authenticator, Principal, require_scope
 
 log = logging.getLogger("ledgerstream.http")
@@ -78,6 +79,8 @@ class ApiRequest(NamedTuple):
     request_id: str
     #: Query parameters given more than once (API Gateway keeps only the last in ``query``).
     query_repeats: frozenset[str] = frozenset()
+    #: The route's template (API Gateway's ``resource``, ``/accounts/{id}``): what metrics are labelled with.
+    route: str = metrics.UNMATCHED
     #: Who sent it, once ``serve`` has authenticated it (until then: nobody, with no scope).
     principal: Principal = NOBODY
 
@@ -104,6 +107,7 @@ class ApiRequest(NamedTuple):
             request_id=str(context.get("requestId") or new_id()),
             query_repeats=frozenset(str(k) for k, v in multi_query.items() if isinstance(v, list) and len(v) > 1)
             if multi_query else _NO_REPEATS,
+            route=str(event.get("resource") or metrics.UNMATCHED),
         )
 
     def header(self, name: str) -> str | None:
@@ -246,10 +250,14 @@ def _challenge(error: LedgerError) -> str | None:
 
 
 class Authenticating(Protocol):
-    """What ``serve`` needs of a route's dependencies: who to ask about a request's caller."""
+    """What ``serve`` needs of a route's dependencies: who to ask about a request's caller, and what counts
+    the answers."""
 
     @property
     def authenticator(self) -> Authenticator: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
 
 
 Deps = TypeVar("Deps", bound=Authenticating)
@@ -267,6 +275,7 @@ def serve(event: ProxyEvent, route: RouteHandler[Deps], dependencies: Callable[[
     """
     started = time.perf_counter()
     request: ApiRequest | None = None
+    deps: Deps | None = None
     code = "ok"
     try:
         request = ApiRequest.from_event(event)
@@ -297,6 +306,9 @@ def serve(event: ProxyEvent, route: RouteHandler[Deps], dependencies: Callable[[
         response = problem_response(errors.LedgerError("unhandled error"), request)
     if request is not None:
         response["headers"].setdefault("X-Request-Id", request.request_id)
+        if deps is not None:  # else the process is not configured, and says so in its log
+            deps.metrics.request(request.route, request.method, response["statusCode"],
+                                 time.perf_counter() - started)
     if log.isEnabledFor(logging.INFO):
         _log_request(request, response, code, started)
     return response

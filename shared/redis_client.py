@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import hiredis
@@ -184,6 +184,25 @@ def check_ready(client: redis.Redis, keys: KeySpace) -> None:
             if state != "ok":
                 raise StoreUnavailable(f"Redis Cluster is not ready: a master owning partitions {partitions} "
                                        f"reports cluster_state:{state}")
+
+
+class NodeMemory(NamedTuple):
+    node: str
+    used_bytes: int
+    #: Redis's ``maxmemory``; 0 when it has no limit.
+    max_bytes: int
+
+
+def memory(client: redis.Redis) -> list[NodeMemory]:
+    """``used_memory`` against ``maxmemory`` on the single node, or on every master of a cluster."""
+    with unavailable_as_store_error():
+        if not is_cluster(client):
+            info: Any = client.info("memory")
+            return [NodeMemory("redis", int(info["used_memory"]), int(info.get("maxmemory", 0)))]
+        cluster: Any = client
+        replies = cluster.info("memory", target_nodes=cluster.PRIMARIES)
+        return sorted(NodeMemory(name, int(reply["used_memory"]), int(reply.get("maxmemory", 0)))
+                      for name, reply in replies.items())
 
 
 class ScriptRunner:

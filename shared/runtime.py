@@ -14,10 +14,12 @@ import redis
 from redis.exceptions import RedisClusterException
 
 from shared import auth, logs
+from shared import metrics as metrics_port
 from shared.api import Dependencies
 from shared.config import AuthSettings, Settings, load_auth_settings, load_settings
 from shared.errors import StoreUnavailable
 from shared.keys import KeySpace
+from shared.metrics import Metrics
 from shared.principal import Authenticator
 from shared.redis_client import build_client, unavailable_as_store_error
 from shared.redis_client import check_ready as redis_client_check_ready
@@ -44,6 +46,11 @@ def authenticator() -> Authenticator:
 
 
 @cache
+def metrics() -> Metrics:
+    return metrics_port.build(settings().metrics_format)
+
+
+@cache
 def keys() -> KeySpace:
     config = settings()
     return KeySpace(config.key_prefix, config.partitions)
@@ -67,12 +74,12 @@ def service() -> AccountService:
                             config.redis_wait_timeout_seconds)
     return AccountService(store, max_attempts=config.command_max_attempts,
                           snapshot_interval=config.snapshot_interval,
-                          deadline_seconds=config.command_deadline_seconds)
+                          deadline_seconds=config.command_deadline_seconds, metrics=metrics())
 
 
 @cache
 def dependencies() -> Dependencies:
-    return Dependencies(settings(), service, authenticator())
+    return Dependencies(settings(), service, authenticator(), metrics())
 
 
 def reset() -> None:
@@ -80,6 +87,7 @@ def reset() -> None:
     settings.cache_clear()
     auth_settings.cache_clear()
     authenticator.cache_clear()
+    metrics.cache_clear()
     keys.cache_clear()
     redis_client.cache_clear()
     service.cache_clear()

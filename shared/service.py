@@ -19,10 +19,17 @@ from typing import NamedTuple
 
 import orjson
 
-from shared import account, deadlines
+from shared import account, deadlines, metrics
 from shared.account import Account, Command, DomainEvent, OpenAccount
 from shared.clock import new_id, utc_now
-from shared.errors import AccountNotFound, IdempotencyKeyReused, OutcomeUnknown, StoreUnavailable, VersionConflict
+from shared.errors import (
+    AccountNotFound,
+    IdempotencyKeyReused,
+    LedgerError,
+    OutcomeUnknown,
+    StoreUnavailable,
+    VersionConflict,
+)
 from shared.event_store import (
     Appended,
     AppendUnknown,
@@ -35,6 +42,7 @@ from shared.event_store import (
     NotDurable,
 )
 from shared.events import Metadata, NewEvent, RecordedEvent
+from shared.metrics import NO_METRICS, Metrics
 from shared.preconditions import IfMatch
 from shared.principal import Principal, authorize
 
@@ -74,8 +82,9 @@ class AccountService:
                  clock: Callable[[], str] = utc_now,
                  sleep: Callable[[float], None] = time.sleep,
                  monotonic: Callable[[], float] = time.monotonic,
-                 new_id: Callable[[], str] = new_id) -> None:
+                 new_id: Callable[[], str] = new_id, metrics: Metrics = NO_METRICS) -> None:
         self._store = store
+        self._metrics = metrics
         self._max_attempts = max_attempts
         self._deadline = deadline_seconds
         self._monotonic = monotonic
@@ -97,11 +106,16 @@ class AccountService:
     def execute(self, account_id: str, command: Command, context: CommandContext) -> CommandResult:
         budget = deadlines.start(self._deadline)  # every store call inside gets only what is left of it
         try:
-            return self._execute(account_id, command, context)
+            result, outcome = self._execute(account_id, command, context)
+        except LedgerError as exc:
+            self._metrics.append(_outcome_of(exc))
+            raise
         finally:
             deadlines.end(budget)
+        self._metrics.append(outcome)
+        return result
 
-    def _execute(self, account_id: str, command: Command, context: CommandContext) -> CommandResult:
+    def _execute(self, account_id: str, command: Command, context: CommandContext) -> tuple[CommandResult, str]:
         # Fingerprints exist only to compare a retry with its original, so only requests with a key pay.
         fingerprint = (_fingerprint(account_id, command, context.actor)
                        if context.idempotency_key is not None else "")
@@ -119,16 +133,16 @@ class AccountService:
             if expected is not None:  # our own append, landed although its reply was lost, is no replay
                 landed = self._find_landed(account_id, loaded, expected, event_id)
                 if landed is not None:
-                    return self._durable(account_id, landed, command, context, deadline)
+                    return self._durable(account_id, landed, command, context, deadline), metrics.APPENDED
             if loaded.idempotency is not None:  # another request's, with the same key: the client's retry
                 return self._durable(account_id, _replay(loaded.idempotency, fingerprint, context), command,
-                                     context, deadline)
+                                     context, deadline), metrics.IDEMPOTENT_REPLAY
             unsure = False
             if context.if_match is not None:
                 context.if_match.check(state)
             decided: DomainEvent | None = command.decide(state)
             if decided is None:  # nothing to change (an owner assigned again): the state as it is
-                return CommandResult(account_id, state.balance, state.version)
+                return CommandResult(account_id, state.balance, state.version), metrics.UNCHANGED
             at = self._clock()
             after = account.apply(state, decided, state.version + 1, at)
             result = CommandResult(account_id, after.balance, after.version, account.amount_of(decided))
@@ -146,18 +160,19 @@ class AccountService:
                 unsure = True
                 continue  # the next load says whether it landed
             except NotDurable:
-                return self._durable(account_id, result, command, context, deadline)
+                return self._durable(account_id, result, command, context, deadline), metrics.APPENDED
             if isinstance(outcome, Appended):
-                return result
+                return result, metrics.APPENDED
             if isinstance(outcome, Duplicate):
                 return self._durable(account_id, _replay(outcome.record, fingerprint, context), command, context,
-                                     deadline)
+                                     deadline), metrics.IDEMPOTENT_REPLAY
             assert isinstance(outcome, Conflict)
-            self._backoff(conflicts)
             conflicts += 1
             if conflicts >= self._max_attempts:
                 raise VersionConflict(
                     f"account {account_id} changed concurrently {self._max_attempts} times; retry the request")
+            self._metrics.append(metrics.CONFLICT_RETRY)
+            self._backoff(conflicts - 1)
 
     def _load(self, account_id: str, command: Command, context: CommandContext, unsure: bool,
               deadline: float) -> Loaded:
@@ -226,6 +241,17 @@ def _authorize(state: Account, command: Command, context: CommandContext) -> Non
         if context.if_match is not None:
             context.if_match.check(Account(state.id))
         raise
+
+
+def _outcome_of(error: LedgerError) -> str:
+    """The ``ledger_appends_total`` outcome of a command that ended in ``error``."""
+    if isinstance(error, OutcomeUnknown):  # before StoreUnavailable: it is one, and means something else
+        return metrics.OUTCOME_UNKNOWN
+    if isinstance(error, StoreUnavailable):
+        return metrics.STORE_UNAVAILABLE
+    if isinstance(error, VersionConflict):
+        return metrics.CONFLICT_EXHAUSTED
+    return metrics.REJECTED
 
 
 def _metadata(context: CommandContext) -> Metadata:

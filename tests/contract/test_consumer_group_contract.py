@@ -16,7 +16,7 @@ from projector.dead_letters import DeadLetters
 from projector.leases import PartitionLeases
 from projector.partition_log import GroupMissing, PartitionLog
 from projector.partitions import LeaseLost
-from projector.subscription import ConsumerGroup
+from projector.subscription import ConsumerGroup, TakeOver
 from shared.keys import KeySpace
 from shared.redis_store import RedisEventStore
 from tests.support.events import new_event
@@ -45,7 +45,7 @@ class ConsumerGroupContract:
     def test_new_entries_then_acknowledged_under_the_lease(self) -> None:
         partition = self._events("acc", 3)
         group = ConsumerGroup(self.client, self.keys, GROUP, "me")
-        assert group.take_over(partition) == 0
+        assert group.take_over(partition).claimed == 0
         found = group.read(partition, 10)
         assert [e.event.version for e in found if e.event] == [1, 2, 3]
         _, lease = self._lease("me", partition)
@@ -119,11 +119,19 @@ class ConsumerGroupContract:
         idle = ConsumerGroup(self.client, self.keys, GROUP, "idle")
         idle.read(partition, 10, "0-0")  # a consumer with nothing pending
         me = ConsumerGroup(self.client, self.keys, GROUP, "me")
-        assert me.take_over(partition) == 2
+        assert me.take_over(partition) == TakeOver(claimed=2, abandoned_by=2)  # "dead" and "idle" never left
         assert [e.event.version for e in me.read(partition, 10, "0-0") if e.event] == [1, 2]
         assert [e.event.version for e in me.read(partition, 10) if e.event] == [3, 4]
         names = {c["name"] for c in self.client.xinfo_consumers(self.keys.partition_log(partition), GROUP)}
         assert names == {b"me"}
+
+    def test_a_partition_handed_back_is_not_counted_as_taken_over(self) -> None:
+        partition = self._events("acc", 2)
+        before = ConsumerGroup(self.client, self.keys, GROUP, "before")
+        before.take_over(partition)
+        before.read(partition, 10, "0-0")  # joined the group, holds nothing
+        before.leave(partition)
+        assert ConsumerGroup(self.client, self.keys, GROUP, "after").take_over(partition).abandoned_by == 0
 
     def test_entries_a_previous_owner_read_late_are_found_and_claimed(self) -> None:
         partition = self._events("acc", 2)

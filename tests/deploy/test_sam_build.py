@@ -56,7 +56,12 @@ def invoke(build: Path, function: str, event: dict[str, object], env: dict[str, 
                          input=json.dumps(event), capture_output=True, text=True, env=env,
                          cwd=build / function, timeout=60, check=False)
     assert out.returncode == 0, out.stderr
-    response: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
+    *logged, last = out.stdout.strip().splitlines()
+    # With the template's METRICS_FORMAT=EMF, the function's metrics are log lines before the response.
+    names = {metric["Name"] for line in logged if line.startswith('{"_aws"')
+             for metric in json.loads(line)["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
+    assert "ledger_http_requests_total" in names, out.stdout
+    response: dict[str, object] = json.loads(last)
     return response
 
 
@@ -70,7 +75,7 @@ def test_the_build_output_serves_every_route(build_dir: Path, redis_target: Redi
     with IssuerServer(issuer) as server:
         issuer.url = f"http://127.0.0.1:{server.port}"
         env = {**redis_target.env(), "LEDGER_KEY_PREFIX": key_prefix, "LOG_LEVEL": "WARNING", "PATH": "/usr/bin",
-               "AUTH_ISSUER": issuer.url, "AUTH_AUDIENCE": LOCAL_AUDIENCE}
+               "AUTH_ISSUER": issuer.url, "AUTH_AUDIENCE": LOCAL_AUDIENCE, "METRICS_FORMAT": "EMF"}
         owner = {"Authorization": f"Bearer {issuer.token('carol')}"}
         admin = {"Authorization": f"Bearer {issuer.token('ops', ('accounts:write', 'accounts:admin'))}"}
         calls = [("CreateAccountFunction", make_event("create_account", "lambda-acct", headers=owner), 201),
