@@ -26,6 +26,7 @@ def create_app(dependencies: Callable[[], Dependencies] = runtime.dependencies,
     """``dependencies`` and ``readiness`` default to the process's real wiring; tests pass their own."""
     settings = runtime.settings()  # fail at start-up, not on the first request, if the config is bad
     runtime.auth_settings()  # and refuse to start at all rather than serve an open API
+    runtime.tracing_started()  # in the worker, after gunicorn's fork: the exporter's thread lives here
     trust_request_id = load_gateway_settings().trust_request_id
     app = Flask("ledgerstream")
     # Bounded memory per request; the handler applies the same limit to report a 413 itself.

@@ -24,7 +24,7 @@ from projector.read_model import MalformedDocument
 from projector.settings import ProjectorSettings, load_projector_settings
 from projector.store_identity import ForeignStore
 from projector.wiring import Wiring, wire
-from shared import logs
+from shared import logs, tracing
 from shared.config import ConfigError, load_settings
 from shared.errors import StoreUnavailable
 from shared.redis_client import UNAVAILABLE_ERRORS, describe_redis
@@ -84,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     redis_at, mongo_at = describe_redis(settings), describe_mongo(projector_settings)
     if args.command not in (None, "run"):  # a person reads this: say which stores they are looking at
         print(f"projector: {redis_at}; {mongo_at}", file=sys.stderr)
+    if settings.tracing and args.command in (None, "run"):
+        tracing.configure(settings.service_name or "ledgerstream-projector")
     try:
         wiring = wire(settings, projector_settings)
         return _command(args, wiring, projector_settings)
@@ -217,6 +219,7 @@ def _run(wiring: Wiring, settings: ProjectorSettings) -> int:
     finally:
         if server is not None:
             server.shutdown()
+        tracing.shutdown()  # what is buffered goes out before the process does
     return 0
 
 

@@ -18,6 +18,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import orjson
+
 from projector.applying import Applied, apply_entries, plan_entries, write_plan
 from projector.checkpoints import Checkpoints
 from projector.memo import recall, remember
@@ -25,6 +27,7 @@ from projector.partition_log import PartitionLog
 from projector.partitions import Held, LeaseLost, Partition, Settling, backoff_delay
 from projector.projection import History, LogEntry
 from projector.read_model import ReadModel
+from shared import tracing
 
 log = logging.getLogger("ledgerstream.projector")
 _FIRST_RETRY_SECONDS = 0.05
@@ -59,6 +62,17 @@ class Processor:
         self._checkpoints = Checkpoints(partition_log, partitions)
 
     def process(self, entries: list[LogEntry]) -> BatchReport:
+        if not tracing.SWITCH.on:
+            return self._process(entries)
+        from shared.otel_tracing import AppliedSpans
+
+        spans = AppliedSpans([(e.event.type, _traceparent(e.event.metadata_json)) if e.event else ("?", None)
+                              for e in entries])
+        report = self._process(entries)
+        spans.end(report.applied, report.held + report.parked)
+        return report
+
+    def _process(self, entries: list[LogEntry]) -> BatchReport:
         report = BatchReport(entries=len(entries))
         live, quarantined = self._split_quarantined(entries)
         known = recall(self._partitions, live)
@@ -167,3 +181,11 @@ class Processor:
                   attempts, error, extra={"fields": {"entry_id": entry.entry_id, "partition": entry.partition,
                                                      "account_id": entry.account_id, "parked": True}})
         return True
+
+
+def _traceparent(metadata_json: str) -> str | None:
+    try:
+        found = orjson.loads(metadata_json).get("traceparent")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return found if isinstance(found, str) else None

@@ -180,6 +180,10 @@ class Settings:
     #: How request and append counts leave the process: PROMETHEUS (scraped from the probe address), EMF
     #: (CloudWatch embedded-metric log lines, on Lambda) or OFF.
     metrics_format: str = "PROMETHEUS"
+    #: OpenTelemetry traces, on when OTEL_EXPORTER_OTLP_ENDPOINT is set (the exporter reads the OTEL_* itself).
+    tracing: bool = False
+    #: The traces' service name (OTEL_SERVICE_NAME); unset: each deployable's own.
+    service_name: str | None = None
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -209,7 +213,22 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         max_body_bytes=env.number("MAX_BODY_BYTES", defaults.max_body_bytes, int, 256, 1_048_576),
         log_level=env.choice("LOG_LEVEL", defaults.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")),
         metrics_format=env.choice("METRICS_FORMAT", defaults.metrics_format, ("PROMETHEUS", "EMF", "OFF")),
+        tracing=_tracing(env),
+        service_name=env.raw("OTEL_SERVICE_NAME"),
     )
+
+
+def _tracing(env: Environment) -> bool:
+    raw = env.raw("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if raw is None:
+        return False
+    try:
+        scheme = urlsplit(raw).scheme
+    except ValueError:
+        scheme = ""
+    if scheme not in ("http", "https"):
+        raise ConfigError("OTEL_EXPORTER_OTLP_ENDPOINT must be an http:// or https:// URL (OTLP over HTTP)")
+    return True
 
 
 def _redis_url(env: Environment, default: str, cluster: bool) -> str:

@@ -20,6 +20,9 @@ class Metadata(NamedTuple):
     idempotency_key: str | None = None
     #: Who caused the event (the audit trail): issuer, subject, and the token's client_id and jti if any.
     actor: dict[str, str] | None = None
+    #: The W3C trace context of the request that caused it, while tracing is on: the projector's span for
+    #: applying the event joins that trace.
+    traceparent: str | None = None
 
     def to_json(self) -> bytes:
         body: dict[str, object] = {"correlation_id": self.correlation_id, "causation_id": self.causation_id}
@@ -27,6 +30,8 @@ class Metadata(NamedTuple):
             body["idempotency_key"] = self.idempotency_key
         if self.actor is not None:
             body["actor"] = self.actor
+        if self.traceparent is not None:
+            body["traceparent"] = self.traceparent
         return orjson.dumps(body)
 
 

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 
 import orjson
 
-from shared import errors, metrics
+from shared import errors, metrics, tracing
 from shared.clock import new_id
 from shared.config import ConfigError
 from shared.errors import LedgerError
@@ -276,17 +276,51 @@ def serve(event: ProxyEvent, route: RouteHandler[Deps], dependencies: Callable[[
     started = time.perf_counter()
     request: ApiRequest | None = None
     deps: Deps | None = None
-    code = "ok"
     try:
         request = ApiRequest.from_event(event)
         deps = dependencies()
+    except Exception as exc:
+        response, code = _failure(exc, request)
+    else:
+        if tracing.SWITCH.on:
+            response, code, request = _traced(request, deps, route)
+        else:
+            response, code, request = _run(request, deps, route)
+    if request is not None:
+        response["headers"].setdefault("X-Request-Id", request.request_id)
+        if deps is not None:  # else the process is not configured, and says so in its log
+            deps.metrics.request(request.route, request.method, response["statusCode"],
+                                 time.perf_counter() - started)
+    if log.isEnabledFor(logging.INFO):
+        _log_request(request, response, code, started)
+    return response
+
+
+def _run(request: ApiRequest, deps: Deps, route: RouteHandler[Deps]) -> tuple[ProxyResponse, str, ApiRequest]:
+    """Authenticate, check the scope, run the route: its answer, its problem code, and the request as sent by
+    whoever it was (for the log line)."""
+    try:
         principal = deps.authenticator.authenticate(request.headers.get("authorization"))
         request = request.by(principal)
         require_scope(principal, SCOPE_BY_METHOD.get(request.method, WRITE))
-        response = route(request, deps)
-    except LedgerError as exc:
-        code = exc.code
-        response = problem_response(exc, request)
+        return route(request, deps), "ok", request
+    except Exception as exc:
+        return (*_failure(exc, request), request)
+
+
+def _traced(request: ApiRequest, deps: Deps, route: RouteHandler[Deps]) -> tuple[ProxyResponse, str, ApiRequest]:
+    from shared.otel_tracing import answered, request_span
+
+    with request_span(request.method, request.route, request.headers) as span:
+        response, code, request = _run(request, deps, route)
+        answered(span, response["statusCode"], code)
+    return response, code, request
+
+
+def _failure(exc: Exception, request: ApiRequest | None) -> tuple[ProxyResponse, str]:
+    """The answer to a request that failed with ``exc``, and its problem code: a problem document, logged as
+    its status deserves."""
+    if isinstance(exc, LedgerError):
         status = status_of(exc)
         if status == 503:
             # An outage is expected and repeats: one compact line with its cause, not a trace per request.
@@ -296,22 +330,12 @@ def serve(event: ProxyEvent, route: RouteHandler[Deps], dependencies: Callable[[
                 "cause": None if cause is None else f"{type(cause).__name__}: {cause}"[:300]}})
         elif status >= 500:
             log.error("request failed: %s: %s", exc.code, exc.detail, exc_info=exc.__cause__ is not None)
-    except ConfigError as exc:  # a process that should not have started: say why, once per request
-        code = "internal-error"
+        return problem_response(exc, request), exc.code
+    if isinstance(exc, ConfigError):  # a process that should not have started: say why, once per request
         log.error("the service is not configured: %s", exc)
-        response = problem_response(errors.LedgerError("not configured"), request)
-    except Exception:
-        code = "internal-error"
-        log.exception("unhandled error")
-        response = problem_response(errors.LedgerError("unhandled error"), request)
-    if request is not None:
-        response["headers"].setdefault("X-Request-Id", request.request_id)
-        if deps is not None:  # else the process is not configured, and says so in its log
-            deps.metrics.request(request.route, request.method, response["statusCode"],
-                                 time.perf_counter() - started)
-    if log.isEnabledFor(logging.INFO):
-        _log_request(request, response, code, started)
-    return response
+        return problem_response(errors.LedgerError("not configured"), request), "internal-error"
+    log.error("unhandled error", exc_info=exc)
+    return problem_response(errors.LedgerError("unhandled error"), request), "internal-error"
 
 
 def _log_request(request: ApiRequest | None, response: ProxyResponse, code: str, started: float) -> None:

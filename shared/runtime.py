@@ -13,11 +13,12 @@ from functools import cache
 import redis
 from redis.exceptions import RedisClusterException
 
-from shared import auth, logs
+from shared import auth, logs, tracing
 from shared import metrics as metrics_port
 from shared.api import Dependencies
 from shared.config import AuthSettings, Settings, load_auth_settings, load_settings
 from shared.errors import StoreUnavailable
+from shared.event_store import EventStore
 from shared.keys import KeySpace
 from shared.metrics import Metrics
 from shared.principal import Authenticator
@@ -70,15 +71,30 @@ def redis_client() -> redis.Redis:
 @cache
 def service() -> AccountService:
     config = settings()
-    store = RedisEventStore(redis_client(), keys(), config.idempotency_ttl_seconds, config.redis_wait_replicas,
-                            config.redis_wait_timeout_seconds)
+    store: EventStore = RedisEventStore(redis_client(), keys(), config.idempotency_ttl_seconds,
+                                        config.redis_wait_replicas, config.redis_wait_timeout_seconds)
+    tracing_started()
+    if tracing.SWITCH.on:
+        from shared.traced_store import TracedEventStore
+
+        store = TracedEventStore(store)
     return AccountService(store, max_attempts=config.command_max_attempts,
                           snapshot_interval=config.snapshot_interval,
                           deadline_seconds=config.command_deadline_seconds, metrics=metrics())
 
 
 @cache
+def tracing_started() -> bool:
+    """Traces, when configured: started on first use, so in a gunicorn worker it happens after the fork."""
+    config = settings()
+    if config.tracing:
+        tracing.configure(config.service_name or "ledgerstream-api")
+    return config.tracing
+
+
+@cache
 def dependencies() -> Dependencies:
+    tracing_started()
     return Dependencies(settings(), service, authenticator(), metrics())
 
 
@@ -88,6 +104,7 @@ def reset() -> None:
     auth_settings.cache_clear()
     authenticator.cache_clear()
     metrics.cache_clear()
+    tracing_started.cache_clear()
     keys.cache_clear()
     redis_client.cache_clear()
     service.cache_clear()

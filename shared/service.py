@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import orjson
 
-from shared import account, deadlines, metrics
+from shared import account, deadlines, metrics, tracing
 from shared.account import Account, Command, DomainEvent, OpenAccount
 from shared.clock import new_id, utc_now
 from shared.errors import (
@@ -256,7 +256,8 @@ def _outcome_of(error: LedgerError) -> str:
 
 def _metadata(context: CommandContext) -> Metadata:
     return Metadata(correlation_id=context.correlation_id or context.request_id, causation_id=context.request_id,
-                    idempotency_key=context.idempotency_key, actor=context.actor.actor)
+                    idempotency_key=context.idempotency_key, actor=context.actor.actor,
+                    traceparent=tracing.current_traceparent())
 
 
 def _fingerprint(account_id: str, command: Command, actor: Principal) -> str:
