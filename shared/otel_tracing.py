@@ -64,6 +64,12 @@ def answered(span: Span, status: int, code: str) -> None:
         span.set_status(Status(StatusCode.ERROR, code))
 
 
+def recording() -> bool:
+    """Whether the current request's span is sampled: an unsampled request makes no further spans (the SDK's
+    non-recording spans still cost a context switch each) and stores no trace context with its events."""
+    return trace.get_current_span().is_recording()
+
+
 @contextmanager
 def store_span(operation: str, command: str) -> Iterator[Span]:
     """A client span for one event-store call: ``operation`` names what it does, ``command`` the Redis command."""
@@ -74,7 +80,9 @@ def store_span(operation: str, command: str) -> Iterator[Span]:
 
 
 def current_traceparent() -> str | None:
-    """The current span's W3C ``traceparent``, to store with an event."""
+    """The current span's W3C ``traceparent``, to store with an event (None when it is not sampled)."""
+    if not recording():
+        return None
     carrier: dict[str, str] = {}
     _PROPAGATOR.inject(carrier)
     return carrier.get("traceparent")
