@@ -33,10 +33,14 @@ NO_VALUE = object()
 
 class Resolver:
     """Enough of CloudFormation's intrinsics for environment variables: Ref, Fn::If, Fn::Equals, Fn::Not,
-    Fn::Join and Fn::Sub over parameters."""
+    Fn::Join and Fn::Sub over parameters and the pseudo parameters (with the values `sam local` gives them:
+    the stack is called "local")."""
 
     def __init__(self, template: dict[str, Any], overrides: dict[str, str]) -> None:
-        self.parameters = {name: str(spec.get("Default", "")) for name, spec in template.get("Parameters", {}).items()}
+        self.parameters = {"AWS::StackName": "local", "AWS::Region": "us-east-1", "AWS::AccountId": "123456789012",
+                           "AWS::Partition": "aws", "AWS::URLSuffix": "amazonaws.com"}
+        self.parameters.update({name: str(spec.get("Default", ""))
+                                for name, spec in template.get("Parameters", {}).items()})
         self.parameters.update(overrides)
         self.conditions = template.get("Conditions", {})
 

@@ -18,6 +18,7 @@ from types import FrameType
 from redis.exceptions import RedisClusterException
 
 from projector import health, maintenance, status, verification
+from projector.emf_reporter import EmfReporter
 from projector.mongo_read_model import MONGO_ERRORS, describe_mongo
 from projector.partition_log import GroupMissing
 from projector.read_model import MalformedDocument
@@ -214,11 +215,14 @@ def _run(wiring: Wiring, settings: ProjectorSettings) -> int:
             raise HealthPortBusy(f"cannot serve /healthz on {settings.health_bind}:{settings.health_port}: "
                                  f"{exc.strerror} (another projector running here? set PROJECTOR_HEALTH_PORT to "
                                  "a free port, or 0 for none)") from exc
+    reporter = EmfReporter(wiring.rows, wiring.emf_namespace).start() if wiring.emf_namespace else None
     try:
         projector.run()
     finally:
         if server is not None:
             server.shutdown()
+        if reporter is not None:
+            reporter.stop()
         tracing.shutdown()  # what is buffered goes out before the process does
     return 0
 

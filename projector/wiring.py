@@ -44,16 +44,20 @@ class Wiring:
     settings: ProjectorSettings
     #: How long a fetcher thread may block in one read: well inside the client's socket timeout.
     block_ms: int = MAX_BLOCK_MS
+    #: The CloudWatch namespace to report to as EMF log lines (METRICS_FORMAT=EMF); None: no such lines.
+    emf_namespace: str | None = None
 
     def runner(self) -> Runner:
         return Runner(self.group, self.log, self.dead_letters, self.leases, self.model, self.history, self.settings,
                       self.node_of, self.block_ms, identity=self.identity)
 
+    def rows(self) -> list[status.PartitionStatus]:
+        """Every partition's state, as ``status`` reports it (read from Redis and the read model now)."""
+        return status.status(self.log, self.dead_letters, self.leases, self.model, self.settings.stall_seconds)
+
     def metrics(self, runner: Runner) -> CollectorRegistry:
         """What ``/metrics`` reports: ``runner``'s tallies, and every partition read when scraped."""
-        return metrics.registry(runner.health, partial(status.status, self.log, self.dead_letters, self.leases,
-                                                       self.model, self.settings.stall_seconds),
-                                partial(memory, self.client))
+        return metrics.registry(runner.health, self.rows, partial(memory, self.client))
 
     @property
     def identity(self) -> StoreIdentity:
@@ -65,7 +69,9 @@ def wire(settings: Settings, projector: ProjectorSettings) -> Wiring:
     # A pool, never one kept connection: the fetcher's threads each block in a read of their own.
     client = build_client(dataclasses.replace(settings, redis_single_connection=False))
     block_ms = max(1, min(MAX_BLOCK_MS, int(settings.redis_timeout_seconds * 1000 / 2)))
-    return assemble(client, keys, projector, settings.idempotency_ttl_seconds, block_ms=block_ms)
+    wiring = assemble(client, keys, projector, settings.idempotency_ttl_seconds, block_ms=block_ms)
+    emf = settings.metrics_namespace if settings.metrics_format == "EMF" else None
+    return dataclasses.replace(wiring, emf_namespace=emf)
 
 
 def assemble(client: redis.Redis, keys: KeySpace, projector: ProjectorSettings, ttl_seconds: int = 86_400,

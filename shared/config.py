@@ -28,6 +28,8 @@ _ADDRESS = re.compile(r"(?P<host>[A-Za-z0-9.:-]{1,253}|\[[0-9A-Fa-f:]+\]):(?P<po
 _NODE = re.compile(r"(?P<host>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):(?P<port>[0-9]{1,5})")
 _SCOPE_PREFIX = re.compile(r"[\x21-\x7e]{1,200}")
 _LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+#: CloudWatch's rule for namespaces: 1-255 of these characters, not starting with "AWS/".
+_NAMESPACE = re.compile(r"(?!AWS/)[A-Za-z0-9.\-_/#:]{1,255}")
 #: Variables that were renamed (durations now all in seconds): naming the old one is an error that says so.
 RENAMED = {
     "REDIS_WAIT_TIMEOUT_MS": "REDIS_WAIT_TIMEOUT_SECONDS", "MONGODB_TIMEOUT_MS": "MONGODB_TIMEOUT_SECONDS",
@@ -180,6 +182,8 @@ class Settings:
     #: How request and append counts leave the process: PROMETHEUS (scraped from the probe address), EMF
     #: (CloudWatch embedded-metric log lines, on Lambda) or OFF.
     metrics_format: str = "PROMETHEUS"
+    #: The CloudWatch namespace of EMF metrics (one per deployment, so two stacks never mix their figures).
+    metrics_namespace: str = "Ledgerstream"
     #: OpenTelemetry traces, on when OTEL_EXPORTER_OTLP_ENDPOINT is set (the exporter reads the OTEL_* itself).
     tracing: bool = False
     #: The traces' service name (OTEL_SERVICE_NAME); unset: each deployable's own.
@@ -213,6 +217,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         max_body_bytes=env.number("MAX_BODY_BYTES", defaults.max_body_bytes, int, 256, 1_048_576),
         log_level=env.choice("LOG_LEVEL", defaults.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")),
         metrics_format=env.choice("METRICS_FORMAT", defaults.metrics_format, ("PROMETHEUS", "EMF", "OFF")),
+        metrics_namespace=env.matching("METRICS_NAMESPACE", defaults.metrics_namespace, _NAMESPACE,
+                                       "a CloudWatch namespace (1 to 255 of A-Z a-z 0-9 . - _ / # :, not "
+                                       "starting with AWS/)"),
         tracing=_tracing(env),
         service_name=env.raw("OTEL_SERVICE_NAME"),
     )

@@ -4,24 +4,30 @@ with its own dimensions, under the names the Prometheus adapter uses."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
 from shared import metrics
 
-NAMESPACE = "Ledgerstream"
+
+def emit(namespace: str, name: str, unit: MetricUnit, value: float, dimensions: Mapping[str, str] | None = None
+         ) -> None:
+    """One EMF line on stdout: ``name`` = ``value`` in ``namespace``, with ``dimensions`` (none: a metric of
+    the whole namespace)."""
+    with single_metric(name=name, unit=unit, value=value, namespace=namespace,
+                       default_dimensions=dict(dimensions) if dimensions else None):
+        pass
 
 
 class EmfMetrics:
+    def __init__(self, namespace: str = "Ledgerstream") -> None:
+        self._namespace = namespace
+
     def request(self, route: str, method: str, status: int, seconds: float) -> None:
         dimensions = {"route": route, "method": method}
-        with single_metric(name=metrics.REQUESTS_TOTAL, unit=MetricUnit.Count, value=1, namespace=NAMESPACE,
-                           default_dimensions={**dimensions, "status": str(status)}):
-            pass
-        with single_metric(name=metrics.REQUEST_DURATION, unit=MetricUnit.Seconds, value=seconds,
-                           namespace=NAMESPACE, default_dimensions=dimensions):
-            pass
+        emit(self._namespace, metrics.REQUESTS_TOTAL, MetricUnit.Count, 1, {**dimensions, "status": str(status)})
+        emit(self._namespace, metrics.REQUEST_DURATION, MetricUnit.Seconds, seconds, dimensions)
 
     def append(self, outcome: str) -> None:
-        with single_metric(name=metrics.APPENDS_TOTAL, unit=MetricUnit.Count, value=1, namespace=NAMESPACE,
-                           default_dimensions={"outcome": outcome}):
-            pass
+        emit(self._namespace, metrics.APPENDS_TOTAL, MetricUnit.Count, 1, {"outcome": outcome})

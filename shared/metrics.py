@@ -54,8 +54,9 @@ class NoMetrics:
 NO_METRICS: Final = NoMetrics()
 
 
-def build(metrics_format: str) -> Metrics:
-    """The adapter for ``metrics_format`` (validated by ``shared.config``), imported only when chosen."""
+def build(metrics_format: str, namespace: str = "Ledgerstream") -> Metrics:
+    """The adapter for ``metrics_format`` (validated by ``shared.config``), imported only when chosen;
+    ``namespace`` is CloudWatch's, for EMF."""
     if metrics_format == "PROMETHEUS":
         from shared.prometheus_metrics import PrometheusMetrics
 
@@ -63,5 +64,5 @@ def build(metrics_format: str) -> Metrics:
     if metrics_format == "EMF":
         from shared.emf_metrics import EmfMetrics
 
-        return EmfMetrics()
+        return EmfMetrics(namespace)
     return NO_METRICS

@@ -48,7 +48,8 @@ def authenticator() -> Authenticator:
 
 @cache
 def metrics() -> Metrics:
-    return metrics_port.build(settings().metrics_format)
+    config = settings()
+    return metrics_port.build(config.metrics_format, config.metrics_namespace)
 
 
 @cache

@@ -11,6 +11,9 @@ from cfnlint.decode import decode
 from samtranslator.translator.transform import transform
 
 from gateway.routes import ROUTES
+from projector import emf_reporter
+from projector.settings import ProjectorSettings, load_projector_settings
+from shared.config import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -81,3 +84,50 @@ def test_layer_keeps_the_package_folder_and_functions_trace(monkeypatch: pytest.
     output = translated({**AUTH, "RedisUrlSecretArn": "arn:aws:secretsmanager:eu-west-1:1:secret:x"}, monkeypatch)
     role = output["Resources"]["DepositFunctionRole"]["Properties"]["Policies"]
     assert "secretsmanager:GetSecretValue" in json.dumps(role)
+
+
+PROJECTOR = {**AUTH, "ProjectorImage": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/ledgerstream-projector:1",
+             "ProjectorSubnetIds": "subnet-0a,subnet-0b", "ProjectorSecurityGroupIds": "sg-0a",
+             "MongoDbUriSecretArn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:mongo-uri-AbCdEf"}
+
+
+def _resource(output: dict[str, Any], kind: str) -> dict[str, Any]:
+    [found] = [r for r in output["Resources"].values() if r["Type"] == kind]
+    properties: dict[str, Any] = found["Properties"]
+    return properties
+
+
+def test_the_projector_runs_on_fargate_with_the_functions_redis_and_its_own_secret(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    output = translated(PROJECTOR, monkeypatch)
+    [container] = _resource(output, "AWS::ECS::TaskDefinition")["ContainerDefinitions"]
+    env = {item["Name"]: item["Value"] for item in container["Environment"] if "Name" in item}
+    functions = output["Resources"]["DepositFunction"]["Properties"]["Environment"]["Variables"]
+    for name in ("REDIS_URL", "REDIS_CLUSTER", "LEDGER_PARTITIONS", "METRICS_NAMESPACE"):
+        assert env[name] == functions[name], name  # one event store, one namespace, for API and projector
+    assert env["MONGODB_URI_SECRET_ARN"] == {"Ref": "MongoDbUriSecretArn"}
+    assert env["METRICS_FORMAT"] == "EMF"
+    health = " ".join(container["HealthCheck"]["Command"])
+    assert f"127.0.0.1:{ProjectorSettings().health_port}/healthz" in health
+    assert container["PortMappings"] == [{"ContainerPort": ProjectorSettings().health_port, "Protocol": "tcp"}]
+    # The settings the task is given are ones the projector reads and accepts.
+    plain = {name: value for name, value in env.items() if isinstance(value, str)}
+    load_settings(plain)
+    load_projector_settings({**plain, "MONGODB_URI": "mongodb://mongo:27017"})
+    role = output["Resources"]["ProjectorTaskRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    assert role[0]["Action"] == "secretsmanager:GetSecretValue"
+    assert {"Ref": "MongoDbUriSecretArn"} in role[0]["Resource"]
+    service = _resource(output, "AWS::ECS::Service")
+    assert service["LaunchType"] == "FARGATE"
+    assert service["NetworkConfiguration"]["AwsvpcConfiguration"]["AssignPublicIp"] == "DISABLED"
+
+
+def test_the_lag_alarm_watches_what_the_projector_reports(monkeypatch: pytest.MonkeyPatch) -> None:
+    output = translated(PROJECTOR, monkeypatch)
+    alarm = _resource(output, "AWS::CloudWatch::Alarm")
+    [container] = _resource(output, "AWS::ECS::TaskDefinition")["ContainerDefinitions"]
+    env = {item["Name"]: item["Value"] for item in container["Environment"] if "Name" in item}
+    assert alarm["MetricName"] == emf_reporter.LAG_SECONDS
+    assert alarm["Namespace"] == env["METRICS_NAMESPACE"]
+    assert (alarm["Statistic"], alarm["TreatMissingData"]) == ("Maximum", "breaching")
+    assert alarm["Threshold"] == {"Ref": "ProjectionLagAlarmSeconds"}

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
+from projector import emf_reporter
 from projector.health import Health
 from projector.metrics import registry
 from projector.read_model import ReadModelUnavailable
@@ -31,6 +32,7 @@ from shared.service import AccountService, CommandContext
 from tests.fakes import InMemoryEventStore
 from tests.support.apigw import Api
 from tests.support.events import new_event
+from tests.support.waiting import wait_until
 
 
 class Recorded:
@@ -219,3 +221,42 @@ def test_a_scrape_during_an_outage_says_so_and_logs_once(caplog: pytest.LogCaptu
     assert "ledger_projector_status_up 0.0" in first and "ledger_redis_up 0.0" in second
     assert "ledger_projector_lag_entries" not in first and "ledger_projector_applied_total 0.0" in first
     assert len([r for r in caplog.records if "cannot read the partitions" in r.getMessage()]) == 1
+
+
+def _emf(out: str) -> dict[str, float]:
+    found: dict[str, float] = {}
+    for line in out.splitlines():
+        document = json.loads(line)
+        [directive] = document["_aws"]["CloudWatchMetrics"]
+        assert directive["Namespace"] == "Ledgerstream/test" and directive["Dimensions"] == [[]]
+        [metric] = directive["Metrics"]
+        found[metric["Name"]] = document[metric["Name"]][0]
+    return found
+
+
+def test_the_projector_reports_its_headline_figures_as_emf(capsys: pytest.CaptureFixture[str]) -> None:
+    emf_reporter.report([_row(0, 0), _row(1, 3, owner=None, parked=2)], "Ledgerstream/test")
+    assert _emf(capsys.readouterr().out) == {
+        "ledger_projector_lag_seconds": 2.5, "ledger_projector_lag_entries": 3.0, "ledger_projector_parked": 2.0,
+        "ledger_projector_quarantined": 0.0, "ledger_projector_partitions_unowned": 1.0}
+
+
+def test_the_emf_reporter_writes_each_interval_and_nothing_it_cannot_read(
+        capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    answers: list[list[PartitionStatus] | Exception] = [StoreUnavailable.unreachable(), StoreUnavailable.unreachable(),
+                                                         [_row(0, 0)]]
+
+    def rows() -> list[PartitionStatus]:
+        answer = answers.pop(0) if answers else [_row(0, 0)]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    reporter = emf_reporter.EmfReporter(rows, "Ledgerstream/test", interval=0.01).start()
+    try:
+        wait_until(lambda: not answers, 10, "three reports")
+    finally:
+        reporter.stop()
+    figures = _emf(capsys.readouterr().out)
+    assert figures["ledger_projector_lag_seconds"] == 0.0
+    assert len([r for r in caplog.records if "for CloudWatch" in r.getMessage()]) == 1
