@@ -1,7 +1,7 @@
 """``python -m bench [name ...]``: run the benchmarks (all by default) and print a results table.
 
-Names: handler, http, instructions, store-size, history, append, cold-start, projector, takeover, lag,
-durability, scale-out.
+Names: handler, http, instructions, telemetry, store-size, history, append, cold-start, projector, takeover,
+lag, durability, scale-out.
 Each figure is printed next to the limit it is compared with, measured in the same run, and each run ends
 with a correctness check.
 """
@@ -17,12 +17,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from bench import common, durability, http_load, inprocess, instructions, projector_load, scale_out
+from bench import common, durability, http_load, inprocess, instructions, projector_load, scale_out, telemetry
 
 BENCHMARKS: dict[str, Callable[[], Any]] = {
     "handler": inprocess.handler_cost,
     "http": http_load.http_throughput,
     "instructions": instructions.instructions_per_request,
+    "telemetry": telemetry.telemetry_cost,
     "store-size": inprocess.store_size_independence,
     "history": inprocess.long_histories,
     "append": inprocess.append_path,

@@ -48,7 +48,7 @@ def instructions_per_request() -> Result:
         databases = {"ours": 1, "noop": 2}
         with ThreadPoolExecutor(max_workers=2) as pool:  # a count does not depend on what else runs
             counts = dict(zip(APPS, pool.map(
-                lambda app: _per_request(server.url, databases[app], app, Path(tmp), auth), APPS), strict=True))
+                lambda app: per_request(server.url, databases[app], app, Path(tmp), auth), APPS), strict=True))
     ours, noop = counts["ours"], counts["noop"]
     return report(Result(
         "2c. interpreter instructions per request, in process (callgrind; no gunicorn)",
@@ -58,21 +58,24 @@ def instructions_per_request() -> Result:
          "only, INFO logging to /dev/null"]))
 
 
-def _per_request(url: str, database: int, app: str, folder: Path, auth: BenchAuth) -> float:
-    totals = [_count(url, database, app, requests, folder, auth) for requests in (WARM, WARM + MEASURED)]
+def per_request(url: str, database: int, app: str, folder: Path, auth: BenchAuth,
+                 extra_env: dict[str, str] | None = None) -> float:
+    totals = [_count(url, database, app, requests, folder, auth, extra_env) for requests in (WARM, WARM + MEASURED)]
     return (totals[1] - totals[0]) / MEASURED
 
 
-def _count(url: str, database: int, app: str, requests: int, folder: Path, auth: BenchAuth) -> int:
-    """Total instructions of one child process serving ``requests`` requests from freshly seeded data."""
+def _count(url: str, database: int, app: str, requests: int, folder: Path, auth: BenchAuth,
+           extra_env: dict[str, str] | None = None) -> int:
+    """Total instructions of one child process serving ``requests`` requests from freshly seeded data, with
+    ``extra_env`` added to its environment."""
     db_url = f"{url.rsplit('/', 1)[0]}/{database}"
     client = redis.Redis.from_url(db_url)
     client.flushdb()
     seed_accounts(client, KeySpace(PREFIX, 16), [f"acct-{i}" for i in range(ACCOUNTS)], SEED_EVENTS,
                   owner=auth.owner)
-    out = folder / f"{app}.{requests}.out"
+    out = folder / f"{app}.{database}.{requests}.out"
     env = {**os.environ, "REDIS_URL": db_url, "LEDGER_KEY_PREFIX": PREFIX, "LEDGER_PARTITIONS": "16",
-           "LOG_LEVEL": "INFO", "PYTHONHASHSEED": "0", **auth.env, "AUTHORIZATION": auth.header}
+           "LOG_LEVEL": "INFO", "PYTHONHASHSEED": "0", **auth.env, "AUTHORIZATION": auth.header, **(extra_env or {})}
     subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-m",
                     "bench.instructions", app, str(requests)], cwd=ROOT, env=env, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
