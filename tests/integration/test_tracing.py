@@ -4,11 +4,15 @@ child of the request's span, through the trace context stored in the event's met
 
 from __future__ import annotations
 
+import http.server
+import threading
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import orjson
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -18,7 +22,10 @@ from devstack.mongo_standin import MongoStandIn
 from shared import runtime, tracing
 from shared.keys import KeySpace
 from tests.support.apigw import call
+from tests.support.gateway import live_gateway
 from tests.support.readmodel import drain, make_projector, settings
+from tests.support.targets import RedisTarget
+from tests.support.waiting import wait_until
 
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
@@ -84,3 +91,49 @@ def test_without_an_endpoint_nothing_is_traced_and_no_event_carries_a_trace(live
     assert not runtime.tracing_started() and not tracing.SWITCH.on
     call("create_account", "untraced", headers={"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"})
     assert "traceparent" not in _last_metadata(live_env, "untraced")
+
+
+class _Collector:
+    """An OTLP/HTTP endpoint that keeps the spans it is sent: (trace id, span name) pairs."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[str, str]] = []
+        collector = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                request = ExportTraceServiceRequest.FromString(body)
+                collector.spans += [(span.trace_id.hex(), span.name) for resource in request.resource_spans
+                                    for scope in resource.scope_spans for span in scope.spans]
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+
+@pytest.mark.redis
+def test_gunicorn_workers_export_their_spans(redis_target: RedisTarget, key_prefix: str) -> None:
+    """Tracing starts in each worker after the fork: its exporter's thread is alive and sends the spans."""
+    collector = _Collector()
+    settings = {**redis_target.env(), "LEDGER_KEY_PREFIX": key_prefix, "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url,
+                "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    try:
+        with live_gateway(settings, workers=2) as base:
+            for n in range(4):  # over both workers
+                trace_id = f"{n + 1:032x}"
+                headers = {"Content-Type": "application/json", "traceparent": f"00-{trace_id}-{CLIENT_SPAN}-01"}
+                request = urllib.request.Request(f"{base}/accounts", data=f'{{"id": "otel-{n}"}}'.encode(),
+                                                 method="POST", headers=headers)
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    assert response.status == 201
+            wanted = {(f"{n + 1:032x}", name) for n in range(4) for name in ("POST /accounts", "redis append")}
+            wait_until(lambda: wanted <= set(collector.spans), 20, "every request's spans to be exported")
+    finally:
+        collector.server.shutdown()
