@@ -17,12 +17,14 @@ from shared import errors, runtime
 from shared.api import Dependencies
 from shared.http import RouteHandler, json_response, problem_response, serve
 from shared.metrics import UNMATCHED
+from shared.redis_client import NodeMemory
 
 log = logging.getLogger("ledgerstream.gateway")
 
 
 def create_app(dependencies: Callable[[], Dependencies] = runtime.dependencies,
-               readiness: Callable[[], None] = runtime.check_ready) -> Flask:
+               readiness: Callable[[], None] = runtime.check_ready,
+               memory: Callable[[], list[NodeMemory]] = runtime.redis_memory) -> Flask:
     """``dependencies`` and ``readiness`` default to the process's real wiring; tests pass their own."""
     settings = runtime.settings()  # fail at start-up, not on the first request, if the config is bad
     runtime.auth_settings()  # and refuse to start at all rather than serve an open API
@@ -35,7 +37,7 @@ def create_app(dependencies: Callable[[], Dependencies] = runtime.dependencies,
         _register(app, route, dependencies, trust_request_id, settings.max_body_bytes)
     # No automatic OPTIONS (Flask's is a text/html 200): OPTIONS is a 405 problem like any method a route lacks.
     app.add_url_rule("/healthz", "healthz", _healthz, provide_automatic_options=False)
-    app.add_url_rule("/readyz", "readyz", lambda: _readyz(readiness), provide_automatic_options=False)
+    app.add_url_rule("/readyz", "readyz", lambda: _readyz(readiness, memory), provide_automatic_options=False)
     metrics = runtime.metrics()
 
     def counted(response: Response) -> Response:
@@ -67,14 +69,17 @@ def _healthz() -> Response:
     return to_response(json_response(200, {"status": "ok"}, {"X-Request-Id": new_request_id()}))
 
 
-def _readyz(readiness: Callable[[], None]) -> Response:
-    """Readiness: Redis answers, so requests can succeed."""
+def _readyz(readiness: Callable[[], None], memory: Callable[[], list[NodeMemory]]) -> Response:
+    """Readiness: Redis answers, so requests can succeed; with how full its memory is (writes fail with
+    503 store-full once it is, while the process stays ready: reads still work)."""
     request_id = new_request_id()
     try:
         readiness()
+        nodes = memory()
     except errors.StoreUnavailable as exc:
         return to_response(problem_response(exc, path="/readyz", request_id=request_id))
-    return to_response(json_response(200, {"status": "ready"}, {"X-Request-Id": request_id}))
+    return to_response(json_response(200, {"status": "ready", "redis_memory": [node.to_json() for node in nodes]},
+                                     {"X-Request-Id": request_id}))
 
 
 def _http_error(exc: HTTPException) -> Response:

@@ -49,6 +49,8 @@ class Probes:
         self._keys = KeySpace(settings.key_prefix, settings.partitions)
         self._lock = threading.Lock()
         self._ready: tuple[float, StoreUnavailable | None] = (0.0, None)
+        #: Redis's memory as the last readiness check found it (read with it, on the same short timeout).
+        self.last_memory: list[NodeMemory] = []
         self._client: redis.Redis | None = None
 
     def live(self) -> bool:
@@ -68,6 +70,7 @@ class Probes:
                 if self._client is None:
                     self._client = build_client(self._settings)
                 check_ready(self._client, self._keys)
+                self.last_memory = memory(self._client)
                 problem = None
             except StoreUnavailable as exc:
                 problem = exc
@@ -108,7 +111,8 @@ def answer(path: str, probes: Probes) -> ProxyResponse:
         problem = probes.ready()
         if problem is not None:
             return problem_response(problem, path=path, request_id=request_id)
-        return json_response(200, {"status": "ready"}, {"X-Request-Id": request_id})
+        return json_response(200, {"status": "ready", "redis_memory": [node.to_json() for node in probes.last_memory]},
+                             {"X-Request-Id": request_id})
     return problem_response(errors.RouteNotFound(f"no route for GET {path[:200]}"), path=path[:200],
                             request_id=request_id)
 

@@ -28,7 +28,7 @@ from projector.wiring import Wiring, wire
 from shared import logs, tracing
 from shared.config import ConfigError, load_settings
 from shared.errors import StoreUnavailable
-from shared.redis_client import UNAVAILABLE_ERRORS, describe_redis
+from shared.redis_client import UNAVAILABLE_ERRORS, describe_redis, memory
 from shared.validation import ACCOUNT_ID_PATTERN
 
 #: Redis out of reach, including a cluster client that found no seed to discover the topology from.
@@ -109,7 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _command(args: argparse.Namespace, wiring: Wiring, settings: ProjectorSettings) -> int:
     if args.command == "status":
         rows = status.status(wiring.log, wiring.dead_letters, wiring.leases, wiring.model, settings.stall_seconds)
-        store = status.store_report(wiring.identity.read(), wiring.model.note(verification.VERIFY_NOTE))
+        store = status.store_report(wiring.identity.read(), wiring.model.note(verification.VERIFY_NOTE),
+                                    memory(wiring.client))
         print(status.render(rows, settings.group, store))
         return 1 if store.problems or any(row.problems for row in rows) else 0
     if args.command == "show":

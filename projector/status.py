@@ -18,6 +18,7 @@ from projector.leases import PartitionLeases
 from projector.partition_log import PartitionLog
 from projector.read_model import Document, ReadModel
 from projector.store_identity import Identities
+from shared.redis_client import NodeMemory
 
 _LAG_CAP = 10_000
 
@@ -99,8 +100,19 @@ class StoreReport:
     problems: list[str]
 
 
-def store_report(identities: Identities, last_verify: Document | None) -> StoreReport:
+#: Redis memory from this share of ``maxmemory`` on is a problem: with ``noeviction`` every write then fails.
+MEMORY_PROBLEM_SHARE = 0.9
+
+
+def store_report(identities: Identities, last_verify: Document | None,
+                 memory: list[NodeMemory] | None = None) -> StoreReport:
     lines, problems = [], []
+    for node in memory or []:
+        share = node.used_share
+        if share is not None and share >= MEMORY_PROBLEM_SHARE:
+            problems.append(f"redis memory {node.describe()}: writes fail (503 store-full) once it is full")
+        else:
+            lines.append(f"redis memory {node.describe()}")
     mismatch = identities.problem()
     if mismatch is None:
         lines.append(f"event store {identities.redis} (the read model's own)")

@@ -187,6 +187,19 @@ class StoreUnavailable(LedgerError):
         return cls("the event store cannot be reached now, and nothing was written; retry shortly")
 
 
+class StoreFull(StoreUnavailable):
+    """Redis refused a write for lack of memory (``maxmemory`` with ``noeviction``). The append script's
+    first write is refused before it writes anything, so nothing was written; reads still work."""
+
+    code = "store-full"
+    title = "Event store full"
+
+    @classmethod
+    def refused(cls) -> StoreFull:
+        return cls("the event store is out of memory and refuses new events; nothing was written, and reads "
+                   "still work; retry later")
+
+
 class OutcomeUnknown(StoreUnavailable):
     """The append was sent (or stored on the primary only) and whether it took, or will survive, is not
     known within the request's time: the client must retry with the same Idempotency-Key, or look for its

@@ -34,6 +34,7 @@ PROBLEM_TYPE_BASE = "urn:ledgerstream:problem:"
 JSON_TYPE = "application/json"
 PROBLEM_JSON_TYPE = "application/problem+json"
 RETRY_AFTER_SECONDS = "1"
+STORE_FULL_RETRY_AFTER_SECONDS = "30"
 
 #: The only place where errors meet HTTP statuses. Lookup walks the class's MRO, so a subclass without an
 #: entry gets its parent's status.
@@ -229,7 +230,9 @@ def problem_response(error: LedgerError, request: ApiRequest | None = None, path
     if request_id is not None:
         headers["X-Request-Id"] = request_id
     if status == 503:
-        headers["Retry-After"] = RETRY_AFTER_SECONDS
+        # A full store frees no memory in a second: ask for a longer pause than for an outage.
+        headers["Retry-After"] = STORE_FULL_RETRY_AFTER_SECONDS if isinstance(error, errors.StoreFull) \
+            else RETRY_AFTER_SECONDS
     challenge = _challenge(error)
     if challenge is not None:
         headers["WWW-Authenticate"] = challenge

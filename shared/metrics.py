@@ -28,8 +28,9 @@ REJECTED: Final = "rejected"  # the business rules, the caller's reach or a prec
 CONFLICT_EXHAUSTED: Final = "conflict_exhausted"
 OUTCOME_UNKNOWN: Final = "outcome_unknown"
 STORE_UNAVAILABLE: Final = "store_unavailable"
+STORE_FULL: Final = "store_full"  # Redis refused the write for lack of memory
 OUTCOMES: Final = (APPENDED, CONFLICT_RETRY, IDEMPOTENT_REPLAY, UNCHANGED, REJECTED, CONFLICT_EXHAUSTED,
-                   OUTCOME_UNKNOWN, STORE_UNAVAILABLE)
+                   OUTCOME_UNKNOWN, STORE_UNAVAILABLE, STORE_FULL)
 
 #: The route label of a request no route matched (a 404 or 405 answered by the gateway itself).
 UNMATCHED: Final = "unmatched"

@@ -192,6 +192,22 @@ class NodeMemory(NamedTuple):
     #: Redis's ``maxmemory``; 0 when it has no limit.
     max_bytes: int
 
+    @property
+    def used_share(self) -> float | None:
+        """``used_memory`` as a share of ``maxmemory`` (None without a limit)."""
+        return self.used_bytes / self.max_bytes if self.max_bytes else None
+
+    def to_json(self) -> dict[str, object]:
+        share = self.used_share
+        return {"node": self.node, "used_bytes": self.used_bytes, "max_bytes": self.max_bytes,
+                "used_share": None if share is None else round(share, 4)}
+
+    def describe(self) -> str:
+        used = f"{self.used_bytes / 2**20:,.1f} MiB"
+        if self.max_bytes == 0:
+            return f"{self.node}: {used} used, no maxmemory (nothing stops it growing)"
+        return f"{self.node}: {used} of {self.max_bytes / 2**20:,.1f} MiB maxmemory ({self.used_share:.0%})"
+
 
 def memory(client: redis.Redis) -> list[NodeMemory]:
     """``used_memory`` against ``maxmemory`` on the single node, or on every master of a cluster."""

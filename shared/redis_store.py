@@ -18,10 +18,10 @@ from typing import Any, cast
 
 import orjson
 import redis
-from redis.exceptions import AskError, MovedError, NoScriptError
+from redis.exceptions import AskError, MovedError, NoScriptError, OutOfMemoryError
 
 from shared.account import Account
-from shared.errors import CorruptHistory, StoreUnavailable
+from shared.errors import CorruptHistory, StoreFull, StoreUnavailable
 from shared.event_store import (
     Appended,
     AppendOutcome,
@@ -111,6 +111,8 @@ class RedisEventStore:
         with SendingScripts() as sent:
             try:
                 reply = self._run(self._append, keys, args)
+            except OutOfMemoryError as exc:  # Redis's answer, before the script's first write: nothing written
+                raise StoreFull.refused() from exc
             except UNAVAILABLE_ERRORS as exc:
                 if sent():  # it left for Redis: applied or not, in flight or not, only a later read can tell
                     raise AppendUnknown(f"no reply to an append to {account_id}: {type(exc).__name__}") from exc
@@ -146,6 +148,8 @@ class RedisEventStore:
             if isinstance(reply, NoScriptError) and attempt == 1:
                 node.script_load(APPEND_LUA)  # a restarted or newly promoted node has an empty script cache
                 continue
+            if isinstance(reply, OutOfMemoryError):  # refused before the script's first write
+                raise StoreFull.refused() from reply
             if isinstance(reply, MovedError | AskError):  # refused before it ran: nothing was written
                 cast(Any, self._redis).nodes_manager.initialize()
                 raise StoreUnavailable("the cluster moved this account's slot; retry the request")

@@ -22,7 +22,7 @@ from shared.event_store import EventStore
 from shared.keys import KeySpace
 from shared.metrics import Metrics
 from shared.principal import Authenticator
-from shared.redis_client import build_client, unavailable_as_store_error
+from shared.redis_client import NodeMemory, build_client, memory, unavailable_as_store_error
 from shared.redis_client import check_ready as redis_client_check_ready
 from shared.redis_store import RedisEventStore
 from shared.service import AccountService
@@ -110,6 +110,11 @@ def reset() -> None:
     redis_client.cache_clear()
     service.cache_clear()
     dependencies.cache_clear()
+
+
+def redis_memory() -> list[NodeMemory]:
+    """Redis's memory against its limit, per master (``StoreUnavailable`` when it cannot be read)."""
+    return memory(redis_client())
 
 
 def check_ready() -> None:

@@ -27,6 +27,7 @@ from shared.errors import (
     IdempotencyKeyReused,
     LedgerError,
     OutcomeUnknown,
+    StoreFull,
     StoreUnavailable,
     VersionConflict,
 )
@@ -245,8 +246,10 @@ def _authorize(state: Account, command: Command, context: CommandContext) -> Non
 
 def _outcome_of(error: LedgerError) -> str:
     """The ``ledger_appends_total`` outcome of a command that ended in ``error``."""
-    if isinstance(error, OutcomeUnknown):  # before StoreUnavailable: it is one, and means something else
+    if isinstance(error, OutcomeUnknown):  # before StoreUnavailable: these are ones, and mean something else
         return metrics.OUTCOME_UNKNOWN
+    if isinstance(error, StoreFull):
+        return metrics.STORE_FULL
     if isinstance(error, StoreUnavailable):
         return metrics.STORE_UNAVAILABLE
     if isinstance(error, VersionConflict):

@@ -88,7 +88,10 @@ def test_client_mistakes_are_4xx(client: FlaskClient) -> None:
 
 def test_health_routes(client: FlaskClient) -> None:
     assert client.get("/healthz").get_json() == {"status": "ok"}
-    assert client.get("/readyz").get_json() == {"status": "ready"}
+    ready = client.get("/readyz").get_json()
+    assert ready["status"] == "ready"
+    [node, *_] = ready["redis_memory"]  # one per master, with how full it is
+    assert node["used_bytes"] > 0 and node["max_bytes"] >= 0
 
 
 def test_bad_configuration_stops_the_gateway_at_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
