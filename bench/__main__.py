@@ -1,7 +1,7 @@
 """``python -m bench [name ...]``: run the benchmarks (all by default) and print a results table.
 
 Names: handler, http, instructions, telemetry, store-size, history, append, cold-start, projector, takeover,
-lag, durability, scale-out.
+lag, durability, scale-out, record-size.
 Each figure is printed next to the limit it is compared with, measured in the same run, and each run ends
 with a correctness check.
 """
@@ -17,7 +17,17 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from bench import common, durability, http_load, inprocess, instructions, projector_load, scale_out, telemetry
+from bench import (
+    common,
+    durability,
+    http_load,
+    inprocess,
+    instructions,
+    projector_load,
+    record_size,
+    scale_out,
+    telemetry,
+)
 
 BENCHMARKS: dict[str, Callable[[], Any]] = {
     "handler": inprocess.handler_cost,
@@ -33,6 +43,7 @@ BENCHMARKS: dict[str, Callable[[], Any]] = {
     "lag": projector_load.end_to_end_lag,
     "durability": durability.durability_costs,
     "scale-out": scale_out.scale_out,
+    "record-size": record_size.record_size,
 }
 
 

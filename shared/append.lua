@@ -5,18 +5,25 @@
 -- KEYS[5] idempotency record (only when the request carries an Idempotency-Key)
 -- ARGV[1] expected version  ARGV[2] snapshot of the state after these events (JSON), or "" for none
 -- ARGV[3] number of events  ARGV[4...] per event, the value of each field of FIELDS after the version
--- then, only with KEYS[5]: the request fingerprint, the result to replay, the idempotency TTL in seconds
+-- then, only with KEYS[5]: the idempotency record's value (the fingerprint's 32 bytes, then the result to
+-- replay: one string, the smallest thing Redis can keep with a TTL) and its TTL in seconds
 --
--- Replies: {"ok", new version} | {"conflict", current version} | {"duplicate", fingerprint, result}
+-- Replies: {"ok", new version} | {"conflict", current version} | {"duplicate", value} or, for a record
+-- written before 2026-12-05 as a hash, {"duplicate", fingerprint, result}
 
 -- The entry's field names, in order, the version first: filled in from shared/stream_codec.py when the
 -- script is loaded, so a call carries only the values (each argument costs the caller and Redis).
 local FIELDS = {--[[FIELDS]]}
 
 if KEYS[5] then
-  local prior = redis.call('HMGET', KEYS[5], 'fingerprint', 'result')
-  if prior[1] then
-    return {'duplicate', prior[1], prior[2]}
+  local value = redis.pcall('GET', KEYS[5])
+  if type(value) == 'table' and value.err then  -- WRONGTYPE: a hash, from before records were strings
+    local prior = redis.call('HMGET', KEYS[5], 'fingerprint', 'result')
+    if prior[1] then
+      return {'duplicate', prior[1], prior[2]}
+    end
+  elseif value then
+    return {'duplicate', value}
   end
 end
 
@@ -45,7 +52,6 @@ if ARGV[2] ~= '' then
   redis.call('HSET', KEYS[4], 'version', version, 'state', ARGV[2])
 end
 if KEYS[5] then
-  redis.call('HSET', KEYS[5], 'fingerprint', ARGV[at], 'result', ARGV[at + 1])
-  redis.call('EXPIRE', KEYS[5], ARGV[at + 2])
+  redis.call('SET', KEYS[5], ARGV[at], 'EX', ARGV[at + 1])
 end
 return {'ok', version}

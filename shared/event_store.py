@@ -18,6 +18,7 @@ from shared.events import NewEvent, RecordedEvent
 class IdempotencyRecord(NamedTuple):
     """What a first request with an idempotency key produced, as the service serialised it."""
 
+    #: The request's SHA-256, in hex (a store may keep it as its 32 bytes).
     fingerprint: str
     result: str
 

@@ -67,14 +67,19 @@ class CommandResult(NamedTuple):
     amount: int | None = None
     replayed: bool = False
 
-    def to_json(self) -> str:
-        return orjson.dumps({"account_id": self.account_id, "amount": self.amount,
-                             "balance": self.balance, "version": self.version}).decode()
+    def to_record(self) -> str:
+        """What an idempotency record keeps to answer a retry exactly: ``balance:version:amount`` (the
+        account is in the record's key; an amount of None is empty). Every byte is kept for a day per write."""
+        return f"{self.balance}:{self.version}:{'' if self.amount is None else self.amount}"
 
     @classmethod
-    def from_json(cls, text: str) -> CommandResult:
-        raw = orjson.loads(text)
-        return cls(raw["account_id"], raw["balance"], raw["version"], raw["amount"] or None, replayed=True)
+    def from_record(cls, text: str, account_id: str) -> CommandResult:
+        """A result as ``to_record`` wrote it, or as the JSON object records held before 2026-12-05."""
+        if text.startswith("{"):
+            raw = orjson.loads(text)
+            return cls(raw["account_id"], raw["balance"], raw["version"], raw["amount"] or None, replayed=True)
+        balance, version, amount = text.split(":")
+        return cls(account_id, int(balance), int(version), int(amount) if amount else None, replayed=True)
 
 
 class AccountService:
@@ -136,8 +141,8 @@ class AccountService:
                 if landed is not None:
                     return self._durable(account_id, landed, command, context, deadline), metrics.APPENDED
             if loaded.idempotency is not None:  # another request's, with the same key: the client's retry
-                return self._durable(account_id, _replay(loaded.idempotency, fingerprint, context), command,
-                                     context, deadline), metrics.IDEMPOTENT_REPLAY
+                replayed = _replay(loaded.idempotency, fingerprint, context, account_id)
+                return self._durable(account_id, replayed, command, context, deadline), metrics.IDEMPOTENT_REPLAY
             unsure = False
             if context.if_match is not None:
                 context.if_match.check(state)
@@ -150,7 +155,7 @@ class AccountService:
             event = NewEvent(type=decided.type, account_id=account_id, data=decided.data(), event_id=event_id,
                              recorded_at=at, metadata=_metadata(context))
             idempotency = None if context.idempotency_key is None else IdempotencyWrite(
-                context.idempotency_key, IdempotencyRecord(fingerprint, result.to_json()))
+                context.idempotency_key, IdempotencyRecord(fingerprint, result.to_record()))
             expected = state.version
             try:
                 outcome = self._store.append(account_id, state.version, [event], idempotency,
@@ -165,8 +170,8 @@ class AccountService:
             if isinstance(outcome, Appended):
                 return result, metrics.APPENDED
             if isinstance(outcome, Duplicate):
-                return self._durable(account_id, _replay(outcome.record, fingerprint, context), command, context,
-                                     deadline), metrics.IDEMPOTENT_REPLAY
+                replayed = _replay(outcome.record, fingerprint, context, account_id)
+                return self._durable(account_id, replayed, command, context, deadline), metrics.IDEMPOTENT_REPLAY
             assert isinstance(outcome, Conflict)
             conflicts += 1
             if conflicts >= self._max_attempts:
@@ -291,9 +296,10 @@ def _unknown(command: Command, account_id: str, context: CommandContext, why: st
     return f"the {what} {state} ({why}); {advice}"
 
 
-def _replay(record: IdempotencyRecord, fingerprint: str, context: CommandContext) -> CommandResult:
+def _replay(record: IdempotencyRecord, fingerprint: str, context: CommandContext, account_id: str
+            ) -> CommandResult:
     if record.fingerprint != fingerprint:
         raise IdempotencyKeyReused(
             f"Idempotency-Key {context.idempotency_key!r} was already used for a different request"
         )
-    return CommandResult.from_json(record.result)
+    return CommandResult.from_record(record.result, account_id)

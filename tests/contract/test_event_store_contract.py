@@ -6,6 +6,7 @@ fakeredis, and a real Redis server over TCP.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Callable, Iterator
 
@@ -35,7 +36,12 @@ from tests.support.waiting import wait_until
 TTL_SECONDS = 1
 
 
-def remember(key: str, fingerprint: str = "fp-1", result: str = '{"r":1}') -> IdempotencyWrite:
+def fp(name: str) -> str:
+    """A fingerprint as the service makes them: a SHA-256 in hex."""
+    return hashlib.sha256(name.encode()).hexdigest()
+
+
+def remember(key: str, fingerprint: str = fp("fp-1"), result: str = '{"r":1}') -> IdempotencyWrite:
     return IdempotencyWrite(key, IdempotencyRecord(fingerprint, result))
 
 
@@ -106,26 +112,26 @@ class EventStoreContract:
 
     def test_idempotency_record_is_stored_with_the_events(self, store: EventStore) -> None:
         assert store.append("acc-1", 0, [new_event("acc-1", "AccountOpened")], remember("key-1")) == Appended(1)
-        assert store.load("acc-1", "key-1").idempotency == IdempotencyRecord("fp-1", '{"r":1}')
+        assert store.load("acc-1", "key-1").idempotency == IdempotencyRecord(fp("fp-1"), '{"r":1}')
         assert store.load("acc-1", "key-2").idempotency is None
         assert store.load("acc-1").idempotency is None
 
     def test_used_idempotency_key_appends_nothing_even_at_the_right_version(self, store: EventStore) -> None:
         store.append("acc-1", 0, [new_event("acc-1", "AccountOpened")], remember("key-1"))
-        again = store.append("acc-1", 1, [new_event("acc-1")], remember("key-1", "fp-other", "{}"))
-        assert again == Duplicate(IdempotencyRecord("fp-1", '{"r":1}'))
+        again = store.append("acc-1", 1, [new_event("acc-1")], remember("key-1", fp("fp-other"), "{}"))
+        assert again == Duplicate(IdempotencyRecord(fp("fp-1"), '{"r":1}'))
         stale = store.append("acc-1", 0, [new_event("acc-1")], remember("key-1"))
-        assert stale == Duplicate(IdempotencyRecord("fp-1", '{"r":1}'))  # checked before the version
+        assert stale == Duplicate(IdempotencyRecord(fp("fp-1"), '{"r":1}'))  # checked before the version
         assert [e.version for e in store.load("acc-1").events] == [1]
         assert len(self.partition_log(store, "acc-1")) == 1
 
     def test_any_visible_key_is_remembered_structural_characters_included(self, store: EventStore) -> None:
         hostile = "y}:stream:_checkpoint.projector.p7"
         store.append("acc-1", 0, [new_event("acc-1", "AccountOpened")], remember(hostile))
-        assert store.load("acc-1", hostile).idempotency == IdempotencyRecord("fp-1", '{"r":1}')
+        assert store.load("acc-1", hostile).idempotency == IdempotencyRecord(fp("fp-1"), '{"r":1}')
         assert store.load("acc-1", "y}:stream:_checkpoint.projector.p8").idempotency is None
-        assert store.append("acc-1", 1, [new_event("acc-1")], remember(hostile, "fp-2")) == Duplicate(
-            IdempotencyRecord("fp-1", '{"r":1}'))
+        assert store.append("acc-1", 1, [new_event("acc-1")], remember(hostile, fp("fp-2"))) == Duplicate(
+            IdempotencyRecord(fp("fp-1"), '{"r":1}'))
 
     def test_idempotency_keys_are_scoped_to_the_account(self, store: EventStore) -> None:
         store.append("acc-1", 0, [new_event("acc-1", "AccountOpened")], remember("same"))

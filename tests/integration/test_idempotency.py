@@ -8,8 +8,11 @@ from typing import Any
 import pytest
 
 from shared import runtime
+from shared.event_store import Duplicate, IdempotencyRecord, IdempotencyWrite
 from shared.keys import KeySpace
+from shared.redis_store import RedisEventStore
 from tests.support.apigw import body_of, call
+from tests.support.events import new_event
 from tests.support.targets import ids_on_every_master
 
 pytestmark = pytest.mark.usefixtures("live_env")
@@ -112,3 +115,41 @@ def test_failed_requests_are_not_recorded() -> None:
     call("deposit", "acc", {"amount": "1.00"})
     # Nothing was written the first time, so the retry is decided afresh and now succeeds.
     assert body_of(call("withdraw", "acc", {"amount": "2.00"}, headers=key))["funds"] == "0.00"
+
+
+def test_a_record_is_one_small_string_with_a_ttl(live_env: KeySpace) -> None:
+    call("create_account", "small")
+    call("deposit", "small", {"amount": "2.50"}, headers={"Idempotency-Key": "k-small"})
+    client: Any = runtime.redis_client()
+    key = live_env.idempotency("small", "k-small")
+    assert client.type(key) == b"string" and 0 < client.ttl(key) <= 86_400
+    value = client.get(key)
+    assert value[32:] == b"250:2:250"  # the fingerprint's 32 bytes, then balance:version:amount
+    assert client.memory_usage(key) < 250
+
+
+def test_records_written_before_they_were_strings_still_replay(live_env: KeySpace) -> None:
+    """A record as the code before 2026-12-05 wrote it (a hash: the fingerprint in hex, the result as JSON)
+    answers its retries exactly, and still refuses another request with its key."""
+    call("create_account", "legacy")
+    first = call("deposit", "legacy", {"amount": 3}, headers={"Idempotency-Key": "k-legacy"})
+    client: Any = runtime.redis_client()
+    key = live_env.idempotency("legacy", "k-legacy")
+    fingerprint = client.get(key)[:32].hex()
+    client.delete(key)
+    client.hset(key, mapping={"fingerprint": fingerprint, "result": '{"account_id":"legacy","amount":300,'
+                                                                     '"balance":300,"version":2}'})
+    client.expire(key, 3600)
+    again = call("deposit", "legacy", {"amount": 3}, headers={"Idempotency-Key": "k-legacy"})
+    assert again["statusCode"] == 200 and body_of(again) == body_of(first)
+    assert again["headers"].get("Idempotent-Replayed") == "true"
+    other = call("deposit", "legacy", {"amount": 4}, headers={"Idempotency-Key": "k-legacy"})
+    assert body_of(other)["code"] == "idempotency-key-reused"
+    assert body_of(call("get_account", "legacy"))["version"] == 2
+
+    # The append script's own check reads it too (a retry racing the first request's write).
+    store = RedisEventStore(runtime.redis_client(), live_env, 3600)
+    outcome = store.append("legacy", 2, [new_event("legacy")],
+                           IdempotencyWrite("k-legacy", IdempotencyRecord(fingerprint, "0:0:")))
+    assert outcome == Duplicate(IdempotencyRecord(fingerprint, '{"account_id":"legacy","amount":300,'
+                                                               '"balance":300,"version":2}'))

@@ -21,7 +21,7 @@ from shared.event_store import AppendOutcome, AppendUnknown, Conflict, Idempoten
 from shared.events import NewEvent
 from shared.preconditions import IfMatch
 from shared.principal import ANONYMOUS
-from shared.service import AccountService, CommandContext
+from shared.service import AccountService, CommandContext, CommandResult
 from tests.fakes import InMemoryEventStore
 from tests.support.events import history, new_event
 
@@ -354,3 +354,13 @@ def test_no_idempotency_key_reaches_a_log_line(capsys: pytest.CaptureFixture[str
     warning = [line for line in logged.splitlines() if '"level":"WARNING"' in line]
     assert warning and unknown["headers"]["X-Request-Id"] in warning[0]
     assert key not in logged
+
+
+@pytest.mark.parametrize("result", [CommandResult("acc", 1050, 7, 250), CommandResult("acc", 0, 1, None)])
+def test_a_recorded_result_answers_exactly_what_the_first_request_did(result: CommandResult) -> None:
+    assert CommandResult.from_record(result.to_record(), "acc") == result._replace(replayed=True)
+
+
+def test_results_recorded_as_json_before_2026_12_05_still_read() -> None:
+    legacy = '{"account_id":"acc","amount":null,"balance":0,"version":1}'
+    assert CommandResult.from_record(legacy, "acc") == CommandResult("acc", 0, 1, None, replayed=True)
