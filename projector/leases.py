@@ -25,12 +25,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.exceptions import OutOfMemoryError
 
 from projector.partition_log import redis_errors
 from shared.keys import KeySpace
 from shared.redis_client import UNAVAILABLE_ERRORS
 
 log = logging.getLogger("ledgerstream.projector")
+_UNWRITABLE: tuple[type[Exception], ...] = (*UNAVAILABLE_ERRORS, OutOfMemoryError)
 
 _ACQUIRE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -108,6 +110,8 @@ class PartitionLeases:
         self._heartbeat: Any = client.register_script(_HEARTBEAT)
         self.owned: dict[int, Lease] = {}
         self.members: list[str] = [owner]
+        #: Redis refused the last heartbeat for lack of memory.
+        self._full = False
 
     def lease_key(self, partition: int) -> str:
         return self._keys.lease(partition, self.group)
@@ -130,6 +134,19 @@ class PartitionLeases:
         except UNAVAILABLE_ERRORS as exc:
             log.warning("projector membership unreachable; keeping the current assignment: %s", exc)
             return self.members
+        except OutOfMemoryError:
+            # At maxmemory Redis refuses the heartbeat (a write) but still renews leases and takes acks: keep
+            # projecting what we own. Said once per episode, not every tick.
+            if not self._full:
+                log.error("Redis is out of memory (maxmemory): the heartbeat is refused; keeping the current "
+                          "assignment and projecting it, taking no new partitions until memory is freed",
+                          extra={"fields": {"state": "store-full"}})
+            self._full = True
+            return self.members
+        if self._full:
+            log.warning("Redis takes writes again; membership heartbeats resumed",
+                        extra={"fields": {"state": "recovered"}})
+        self._full = False
         self.members = sorted({m.decode() for m in members} | {self.owner})
         return self.members
 
@@ -180,7 +197,7 @@ class PartitionLeases:
         try:
             token = self._acquire(keys=[self.lease_key(partition), self._token_key(partition)],
                                   args=[self.owner, self.ttl_ms])
-        except UNAVAILABLE_ERRORS:
+        except _UNWRITABLE:  # unreachable, or at maxmemory (a new lease cannot be written): try again later
             return False
         if not token:
             return False

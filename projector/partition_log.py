@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from redis.exceptions import RedisClusterException, ResponseError
+from redis.exceptions import OutOfMemoryError, RedisClusterException, ResponseError
 
 from projector.projection import LogEntry
-from shared.errors import CorruptHistory, StoreUnavailable
+from shared.errors import CorruptHistory, StoreFull, StoreUnavailable
 from shared.keys import KeySpace
 from shared.redis_client import UNAVAILABLE_ERRORS
 from shared.stream_codec import decode_mapping
@@ -41,6 +41,8 @@ def redis_errors(partition: int | None = None) -> Iterator[None]:
         yield
     except _UNAVAILABLE as exc:
         raise StoreUnavailable.unreachable() from exc
+    except OutOfMemoryError as exc:  # a write refused at maxmemory: an outage of writes, not a bug
+        raise StoreFull.refused() from exc
     except ResponseError as exc:
         if partition is not None and ("NOGROUP" in str(exc) or "no such key" in str(exc)):  # XINFO says the latter
             raise GroupMissing(partition) from exc

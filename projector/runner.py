@@ -147,10 +147,10 @@ class Runner:
     def step(self) -> BatchReport:
         now = self._clock()
         self.health.beat()
+        if self._identity is not None and (self._store is None or now >= self._next_tick):
+            self._store = self._identity.confirm(self._store)  # its own store: named first, then checked each tick
         if now >= self._next_tick:  # heartbeat, renew, rebalance: every quarter of the lease TTL
             self._next_tick = now + self.settings.lease_ttl_seconds / 4
-            if self._identity is not None:  # the read model's own event store, and still the same one
-                self._store = self._identity.confirm(self._store)
             self.ownership.tick()
             self.health.owned = tuple(sorted(self.partitions))
         reprojected = 0

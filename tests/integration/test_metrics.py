@@ -13,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.mongo_standin import MongoStandIn
 from devstack.redis_server import free_port
@@ -24,27 +23,9 @@ from tests.support.apigw import call
 from tests.support.events import new_event
 from tests.support.gateway import live_gateway
 from tests.support.readmodel import ProjectorProcess
+from tests.support.scrape import answers, scrape, total, value
 from tests.support.targets import RedisTarget
 from tests.support.waiting import wait_until
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def scrape(url: str) -> Samples:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-def total(samples: Samples, name: str, **labels: str) -> float:
-    """The sum over every series of ``name`` whose labels include ``labels``."""
-    wanted = set(labels.items())
-    return sum(v for (n, have), v in samples.items() if n == name and wanted <= set(have))
 
 
 def _post(base: str, path: str, body: bytes) -> int:
@@ -64,7 +45,7 @@ def test_the_gateway_counts_every_workers_appends_and_requests(redis_target: Red
                 "GATEWAY_HEALTH_BIND": f"127.0.0.1:{health_port}"}
     with live_gateway(settings, workers=3) as base:
         metrics = f"http://127.0.0.1:{health_port}/metrics"
-        wait_until(lambda: _answers(metrics), 20, "the health process to serve /metrics")
+        wait_until(lambda: answers(metrics), 20, "the health process to serve /metrics")
         before = scrape(metrics)
         accounts = [f"m-{n}" for n in range(6)]
         for account in accounts:
@@ -91,14 +72,6 @@ def test_the_gateway_counts_every_workers_appends_and_requests(redis_target: Red
     assert grew("ledger_http_requests_total", route="unmatched", status="404") == 1
     assert value(after, "ledger_redis_up") == 1 and total(after, "ledger_redis_used_memory_bytes") > 0
     assert not any("m-" in str(labels) for _, labels in after)  # never an account id in a label
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 @pytest.mark.redis
@@ -135,7 +108,7 @@ def test_projector_metrics_follow_lag_takeovers_and_parked_events(
     start("a")
     start("b")
     a, b = replicas["a"][1], replicas["b"][1]
-    wait_until(lambda: _answers(a) and _answers(b), 30, "both replicas to serve /metrics")
+    wait_until(lambda: answers(a) and answers(b), 30, "both replicas to serve /metrics")
     wait_until(lambda: value(scrape(a), "ledger_projector_partitions_owned") == 4
                and value(scrape(b), "ledger_projector_partitions_owned") == 4, 30, "the partitions to be shared")
     for n in range(16):

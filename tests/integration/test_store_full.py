@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ import redis
 from prometheus_client import REGISTRY
 
 from devstack.mongo_standin import MongoStandIn
-from devstack.redis_server import RedisProcess
+from devstack.redis_server import RedisProcess, free_port
 from gateway import create_app
 from shared import runtime
 from shared.errors import StoreFull
@@ -23,6 +24,9 @@ from shared.keys import KeySpace
 from shared.redis_store import RedisEventStore
 from tests.support.apigw import body_of, call
 from tests.support.events import new_event
+from tests.support.readmodel import ProjectorProcess
+from tests.support.scrape import answers, scrape, total, value
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.redis
 
@@ -45,9 +49,10 @@ def small_redis(monkeypatch: pytest.MonkeyPatch) -> Iterator[redis.Redis]:
 
 
 def _fill(client: redis.Redis) -> None:
-    """Set maxmemory just under what Redis uses now: every write that would add memory is refused."""
+    """Set maxmemory well under what Redis uses now (connections' buffers come and go by more than a little):
+    every write that would add memory is refused."""
     used: Any = client.info("memory")["used_memory"]
-    client.config_set("maxmemory", int(used) - 100_000)
+    client.config_set("maxmemory", int(used) // 2)
 
 
 def _appended() -> float:
@@ -116,3 +121,63 @@ def test_projector_status_reports_memory_near_the_limit_as_a_problem(
     full = status()
     assert full.returncode == 1, full.stdout + full.stderr
     assert "PROBLEM: redis memory redis: " in full.stdout and "503 store-full" in full.stdout
+
+
+@pytest.fixture
+def projectors() -> Iterator[list[ProjectorProcess]]:
+    started: list[ProjectorProcess] = []
+    yield started
+    for process in started:
+        if process.process.poll() is None:
+            os.kill(process.process.pid, signal.SIGCONT)
+        process.kill()
+
+
+@pytest.mark.mongo
+def test_a_projector_keeps_projecting_what_it_owns_when_redis_is_full(
+        small_redis: redis.Redis, mongo_standin: MongoStandIn, mongo_db: str,
+        projectors: list[ProjectorProcess]) -> None:
+    """At maxmemory Redis refuses the heartbeat and new leases, but renews leases and takes acks: a running
+    projector applies what was written before, says once that Redis is full, and never crashes."""
+    port = free_port()
+    url = f"redis://127.0.0.1:{small_redis.connection_pool.connection_kwargs['port']}/0"
+    projector = ProjectorProcess({"REDIS_URL": url, "LEDGER_KEY_PREFIX": "full", "MONGODB_URI": mongo_standin.uri,
+                                  "MONGODB_DATABASE": mongo_db, "PROJECTOR_HEALTH_PORT": str(port),
+                                  "PROJECTOR_HEALTH_BIND": "127.0.0.1", "PROJECTOR_LEASE_TTL_SECONDS": "4",
+                                  "LOG_LEVEL": "INFO"})
+    projectors.append(projector)
+    metrics = f"http://127.0.0.1:{port}/metrics"
+    for n in range(8):
+        assert call("create_account", f"p-{n}")["statusCode"] == 201
+    wait_until(lambda: answers(metrics) and value(scrape(metrics), "ledger_projector_partitions_owned") == 16
+               and total(scrape(metrics), "ledger_projector_lag_entries") == 0, 30, "the projector to catch up")
+
+    os.kill(projector.process.pid, signal.SIGSTOP)  # briefly: well inside its leases' 4 s
+    for n in range(8):
+        assert call("deposit", f"p-{n}", {"amount": 1})["statusCode"] == 200
+    _fill(small_redis)
+    os.kill(projector.process.pid, signal.SIGCONT)
+
+    wait_until(lambda: total(scrape(metrics), "ledger_projector_lag_entries") == 0, 30,
+               "the entries written before Redis filled up to be projected")
+    wait_until(lambda: projector.logged("Redis is out of memory"), 20, "the projector to say Redis is full")
+    assert projector.process.poll() is None and not any("Traceback" in line for line in projector.raw)
+    assert len(projector.logged("Redis is out of memory")) == 1  # once per episode, not every tick
+    assert value(scrape(metrics), "ledger_projector_stalled") == 0
+
+
+@pytest.mark.mongo
+def test_a_projector_started_on_a_full_redis_waits_instead_of_crashing(
+        small_redis: redis.Redis, mongo_standin: MongoStandIn, mongo_db: str,
+        projectors: list[ProjectorProcess]) -> None:
+    _fill(small_redis)  # not even the event store's name can be written
+    url = f"redis://127.0.0.1:{small_redis.connection_pool.connection_kwargs['port']}/0"
+    projector = ProjectorProcess({"REDIS_URL": url, "LEDGER_KEY_PREFIX": "full", "MONGODB_URI": mongo_standin.uri,
+                                  "MONGODB_DATABASE": mongo_db, "PROJECTOR_HEALTH_PORT": "0", "LOG_LEVEL": "INFO"})
+    projectors.append(projector)
+    wait_until(lambda: projector.logged("redis unavailable"), 30, "the projector to report the refusal")
+    assert projector.process.poll() is None, "".join(projector.raw)
+    assert not any("Traceback" in line for line in projector.raw)
+    assert any("maxmemory" in str(line.get("message")) for line in projector.logged("redis unavailable"))
+    small_redis.config_set("maxmemory", 0)
+    wait_until(lambda: projector.logged("redis is back"), 30, "the projector to resume once memory is freed")
