@@ -10,8 +10,8 @@ prefixed logs (honcho). Ctrl-C stops the API and the projector first, then the s
   Issuer   AUTH_ISSUER (and AUTH_AUDIENCE) if set, or AUTH_MODE=none; else a local OIDC issuer on
            127.0.0.1:$DEV_ISSUER_PORT (8083), its signing key in $DEV_STATE_DIR/issuer, which the API trusts.
   API      http://127.0.0.1:$PORT (8080), $WEB_CONCURRENCY workers (the gateway's default:
-           the usable cores + 1); projector health on
-           $PROJECTOR_HEALTH_PORT (8081).
+           the usable cores + 1); its health process (/healthz, /readyz, /metrics) on $DEV_HEALTH_PORT (8082,
+           0 for none); projector health and metrics on $PROJECTOR_HEALTH_PORT (8081).
 
 Every API request needs a bearer token; with the local issuer, print one with
   python -m devstack token <subject> [--scope accounts:read --scope ...] [--account ID] [--ttl 1h]
@@ -124,9 +124,12 @@ def _run(args: argparse.Namespace, dev: DevSettings) -> int:
         manager.add_process("projector", f"{sys.executable} -m projector run",
                             env={**env, "PROJECTOR_HEALTH_BIND": env.get("PROJECTOR_HEALTH_BIND", "127.0.0.1")})
         api_env = {**env, "GUNICORN_BIND": f"127.0.0.1:{dev.port}", "GUNICORN_GRACEFUL_TIMEOUT_SECONDS": "5"}
+        if dev.health_port and not env.get("GATEWAY_HEALTH_BIND"):
+            api_env["GATEWAY_HEALTH_BIND"] = f"127.0.0.1:{dev.health_port}"
         manager.add_process("api", f"{sys.executable} -m gunicorn --config {GUNICORN_CONFIG} "
                                    "'gateway:create_app()'", env=api_env)
-        print(f"devstack: API on http://127.0.0.1:{dev.port}, projector health on "
+        metrics = f", its metrics on http://127.0.0.1:{dev.health_port}/metrics" if dev.health_port else ""
+        print(f"devstack: API on http://127.0.0.1:{dev.port}{metrics}, projector health on "
               f"http://127.0.0.1:{dev.projector_health_port}/healthz (Ctrl-C stops everything)", flush=True)
         manager.loop()
         return int(manager.returncode or 0)
@@ -142,7 +145,8 @@ def _run(args: argparse.Namespace, dev: DevSettings) -> int:
 
 def _busy_port(dev: DevSettings, local_issuer: bool) -> str | None:
     ports = [(dev.port, "the API", "PORT"),
-             (dev.projector_health_port, "the projector's health endpoint", "PROJECTOR_HEALTH_PORT")]
+             (dev.projector_health_port, "the projector's health endpoint", "PROJECTOR_HEALTH_PORT"),
+             (dev.health_port, "the API's health process", "DEV_HEALTH_PORT")]
     if local_issuer:
         ports.append((dev.issuer_port, "the local issuer", "DEV_ISSUER_PORT"))
     for port, what, variable in ports:

@@ -21,6 +21,8 @@ class DevSettings:
     cluster_port: int = 7000
     #: The local identity provider (discovery document and key set) that the API trusts under make run.
     issuer_port: int = 8083
+    #: The gateway's health process (/healthz, /readyz, /metrics) on loopback; 0: none.
+    health_port: int = 8082
 
 
 def load_dev_settings(environ: Mapping[str, str] | None = None) -> DevSettings:
@@ -34,4 +36,5 @@ def load_dev_settings(environ: Mapping[str, str] | None = None) -> DevSettings:
         state_dir=Path(env.raw("DEV_STATE_DIR") or defaults.state_dir).resolve(),
         cluster_port=env.number("DEV_CLUSTER_PORT", defaults.cluster_port, int, 1, 55_533),
         issuer_port=env.number("DEV_ISSUER_PORT", defaults.issuer_port, int, 1, 65_535),
+        health_port=env.number("DEV_HEALTH_PORT", defaults.health_port, int, 0, 65_535),
     )

@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from devstack.redis_server import free_port
+from tests.support.scrape import scrape, total
 from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,10 +45,10 @@ def _answers(url: str) -> bool:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """`make run` on free ports, its state in a temporary directory; the environment a second terminal has."""
     tmp_path = tmp_path_factory.mktemp("walk")
-    ports = {name: str(free_port()) for name in
-             ("PORT", "DEV_REDIS_PORT", "DEV_MONGO_PORT", "DEV_ISSUER_PORT", "PROJECTOR_HEALTH_PORT")}
+    ports = {name: str(free_port()) for name in ("PORT", "DEV_REDIS_PORT", "DEV_MONGO_PORT", "DEV_ISSUER_PORT",
+                                                 "PROJECTOR_HEALTH_PORT", "DEV_HEALTH_PORT")}
     inherited = {k: v for k, v in os.environ.items()
-                 if not k.startswith(("REDIS_", "MONGODB_", "AUTH_", "LEDGER_", "DEV_", "PROJECTOR_"))}
+                 if not k.startswith(("REDIS_", "MONGODB_", "AUTH_", "LEDGER_", "DEV_", "PROJECTOR_", "GATEWAY_"))}
     env = {**inherited, **ports, "DEV_STATE_DIR": str(tmp_path / "state"), "WEB_CONCURRENCY": "2"}
     process = subprocess.Popen([sys.executable, "-m", "devstack"], cwd=ROOT, env=env, start_new_session=True,
                                stdout=(tmp_path / "devstack.log").open("wb"), stderr=subprocess.STDOUT)
@@ -118,3 +120,16 @@ def test_the_projector_commands_of_its_page_run_as_written(stack: dict[str, str]
     out = done.stdout
     assert "all partitions ok" in out and "verified" in out and "0 parked" in out and "nothing parked" in out
     assert "rebuilt" in out and '"status": "ok"' in out.replace('"status":"ok"', '"status": "ok"')
+
+
+def test_make_run_serves_the_metrics_of_the_api_and_the_projector(stack: dict[str, str]) -> None:
+    api = f"http://127.0.0.1:{stack['PORT']}"
+    with pytest.raises(urllib.error.HTTPError):
+        urllib.request.urlopen(urllib.request.Request(f"{api}/nowhere", data=b"{}", method="POST"), timeout=10)
+    metrics = f"http://127.0.0.1:{stack['DEV_HEALTH_PORT']}/metrics"
+    wait_until(lambda: total(scrape(metrics), "ledger_http_requests_total", route="unmatched", status="404") >= 1,
+               20, "the API's metrics to count the request")
+    projector = f"http://127.0.0.1:{stack['PROJECTOR_HEALTH_PORT']}/metrics"
+    wait_until(lambda: total(scrape(projector), "ledger_projector_owned") == 16, 30,
+               "the projector's metrics to show every partition owned")
+
