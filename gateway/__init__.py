@@ -39,13 +39,13 @@ def create_app(dependencies: Callable[[], Dependencies] = runtime.dependencies,
     app.add_url_rule("/healthz", "healthz", _healthz, provide_automatic_options=False)
     app.add_url_rule("/readyz", "readyz", lambda: _readyz(readiness, memory), provide_automatic_options=False)
     metrics = runtime.metrics()
+    template_of = {route.flask_rule: route.path for route in ROUTES}
 
     def counted(response: Response) -> Response:
         """What the gateway answers itself is counted with the handlers' answers. It did no work worth timing:
         the request was refused before any handler ran."""
-        rule = request.url_rule.rule if request.url_rule is not None else None
-        route = rule.replace("<", "{").replace(">", "}") if rule else UNMATCHED
-        metrics.request(route, request.method, response.status_code, 0.0)
+        rule = request.url_rule.rule if request.url_rule is not None else ""
+        metrics.request(template_of.get(rule, UNMATCHED), request.method, response.status_code, 0.0)
         return response
 
     app.register_error_handler(HTTPException, lambda exc: counted(_http_error(exc)))

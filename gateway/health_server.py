@@ -20,7 +20,9 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from http.server import ThreadingHTTPServer
+from typing import TypeVar
 
 import redis
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -39,6 +41,7 @@ from shared.prometheus_metrics import RedisMemoryCollector
 from shared.redis_client import NodeMemory, build_client, check_ready, memory
 
 _PROBE_TIMEOUT_S = 0.8
+T = TypeVar("T")
 
 
 class Probes:
@@ -67,28 +70,34 @@ class Probes:
             if time.monotonic() - checked < 1.0:
                 return problem
             try:
-                if self._client is None:
-                    self._client = build_client(self._settings)
-                check_ready(self._client, self._keys)
-                self.last_memory = memory(self._client)
+                self.last_memory = self._on_redis(self._checked)
                 problem = None
             except StoreUnavailable as exc:
                 problem = exc
-            except RedisError:  # a cluster whose topology cannot be discovered, say
-                problem = StoreUnavailable.unreachable()
-                self._client = None
             self._ready = (time.monotonic(), problem)
             return problem
 
+    def _checked(self, client: redis.Redis) -> list[NodeMemory]:
+        """Ready, and how full: read together, on the same short timeout."""
+        check_ready(client, self._keys)
+        return memory(client)
+
     def memory(self) -> list[NodeMemory]:
         with self._lock:
-            try:
-                if self._client is None:
-                    self._client = build_client(self._settings)
-                return memory(self._client)
-            except RedisError:
-                self._client = None
-                raise StoreUnavailable.unreachable() from None
+            return self._on_redis(memory)
+
+    def _on_redis(self, action: Callable[[redis.Redis], T]) -> T:
+        """``action`` on the probe's client (built on first use), under the lock. A client that cannot even
+        be built or discover its cluster is dropped, to be built again next time: ``StoreUnavailable``."""
+        try:
+            if self._client is None:
+                self._client = build_client(self._settings)
+            return action(self._client)
+        except StoreUnavailable:
+            raise
+        except RedisError:  # a cluster whose topology cannot be discovered, say
+            self._client = None
+            raise StoreUnavailable.unreachable() from None
 
 
 def metrics_registry(probes: Probes, metrics_dir: str) -> CollectorRegistry:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from aws_lambda_powertools.metrics import MetricUnit
 
 from projector.read_model import ReadModelUnavailable
-from projector.status import PartitionStatus
+from projector.status import PartitionStatus, totals
 from shared.emf_metrics import emit
 from shared.errors import StoreUnavailable
 
@@ -24,11 +24,12 @@ LAG_SECONDS = "ledger_projector_lag_seconds"
 
 def report(rows: list[PartitionStatus], namespace: str) -> None:
     """One line per figure, for the whole deployment (no dimensions: one metric per namespace)."""
-    emit(namespace, LAG_SECONDS, MetricUnit.Seconds, max((r.lag_age_s or 0.0 for r in rows), default=0.0))
-    emit(namespace, "ledger_projector_lag_entries", MetricUnit.Count, sum(r.lag for r in rows))
-    emit(namespace, "ledger_projector_parked", MetricUnit.Count, sum(r.parked for r in rows))
-    emit(namespace, "ledger_projector_quarantined", MetricUnit.Count, sum(r.quarantined for r in rows))
-    emit(namespace, "ledger_projector_partitions_unowned", MetricUnit.Count, sum(r.owner is None for r in rows))
+    total = totals(rows)
+    emit(namespace, LAG_SECONDS, MetricUnit.Seconds, total.lag_age_s)
+    emit(namespace, "ledger_projector_lag_entries", MetricUnit.Count, total.lag)
+    emit(namespace, "ledger_projector_parked", MetricUnit.Count, total.parked)
+    emit(namespace, "ledger_projector_quarantined", MetricUnit.Count, total.quarantined)
+    emit(namespace, "ledger_projector_partitions_unowned", MetricUnit.Count, total.unowned)
 
 
 class EmfReporter:

@@ -18,7 +18,7 @@ from prometheus_client.registry import Collector
 
 from projector.health import Health
 from projector.read_model import ReadModelUnavailable
-from projector.status import PartitionStatus
+from projector.status import PartitionStatus, totals
 from shared.errors import StoreUnavailable
 from shared.prometheus_metrics import RedisMemoryCollector
 from shared.redis_client import NodeMemory
@@ -91,13 +91,13 @@ class PartitionCollector(Collector):
             for row in rows:
                 family.add_metric([str(row.partition)], read(row))
             yield family
+        total = totals(rows)
         yield GaugeMetricFamily("ledger_projector_parked", "Entries parked, waiting for an operator",
-                                value=sum(r.parked for r in rows))
+                                value=total.parked)
         yield GaugeMetricFamily("ledger_projector_quarantined",
-                                "Accounts quarantined (their events wait behind a parked one)",
-                                value=sum(r.quarantined for r in rows))
+                                "Accounts quarantined (their events wait behind a parked one)", value=total.quarantined)
         yield GaugeMetricFamily("ledger_projector_partitions_unowned", "Partitions no replica holds a lease on",
-                                value=sum(1 for r in rows if r.owner is None))
+                                value=total.unowned)
 
 
 def registry(health: Health, rows: Callable[[], list[PartitionStatus]],

@@ -68,6 +68,25 @@ def status(partition_log: PartitionLog, dead_letters: DeadLetters, leases: Parti
     return rows
 
 
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """The partitions' figures for the deployment as a whole (``status``'s last line, ``/metrics``, EMF)."""
+
+    lag: int
+    #: The age of the oldest entry any read model lacks (0: none).
+    lag_age_s: float
+    pending: int
+    parked: int
+    quarantined: int
+    unowned: int
+
+
+def totals(rows: list[PartitionStatus]) -> Totals:
+    return Totals(sum(r.lag for r in rows), max((r.lag_age_s or 0.0 for r in rows), default=0.0),
+                  sum(r.pending for r in rows), sum(r.parked for r in rows), sum(r.quarantined for r in rows),
+                  sum(r.owner is None for r in rows))
+
+
 def _divergence(finding: recovery.Finding) -> str | None:
     if finding.malformed:
         return f"{finding.malformed} (the projector replaces it and re-projects the partition)"
@@ -150,8 +169,9 @@ def render(rows: list[PartitionStatus], group: str, store: StoreReport | None = 
     lines += store.lines + [f"PROBLEM: {problem}" for problem in store.problems]
     verdict = ([f"{len(troubled)} partitions need attention"] if troubled else []) + (
         ["the read model as a whole needs attention"] if store.problems else [])
-    lines.append(f"total lag {sum(r.lag for r in rows)}, pending {sum(r.pending for r in rows)}, "
-                 f"parked {sum(r.parked for r in rows)}; " + ("; ".join(verdict) or "all partitions ok"))
+    total = totals(rows)
+    lines.append(f"total lag {total.lag}, pending {total.pending}, parked {total.parked}; "
+                 + ("; ".join(verdict) or "all partitions ok"))
     return "\n".join(lines)
 
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from shared import metrics
+
 T = TypeVar("T")
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -140,16 +142,18 @@ class Environment:
 
     def url(self, name: str, default: str, schemes: tuple[str, ...], json_keys: tuple[str, ...] = ("url",)) -> str:
         raw = self.secret(name, json_keys)
-        if raw is None:
-            return default
-        # The value may hold a password, so the message names the variable but never echoes it.
-        try:
-            scheme = urlsplit(raw).scheme
-        except ValueError:
-            raise ConfigError(f"{name} is not a valid URL") from None
-        if scheme not in schemes:
-            raise ConfigError(f"{name} must be a URL with scheme {' or '.join(schemes)}")
-        return raw
+        return default if raw is None else _checked_url(name, raw, schemes)
+
+
+def _checked_url(name: str, raw: str, schemes: tuple[str, ...]) -> str:
+    # The value may hold a password, so the message names the variable but never echoes it.
+    try:
+        scheme = urlsplit(raw).scheme
+    except ValueError:
+        raise ConfigError(f"{name} is not a valid URL") from None
+    if scheme not in schemes:
+        raise ConfigError(f"{name} must be a URL with scheme {' or '.join(schemes)}")
+    return raw
 
 
 @dataclass(frozen=True)
@@ -183,7 +187,7 @@ class Settings:
     #: (CloudWatch embedded-metric log lines, on Lambda) or OFF.
     metrics_format: str = "PROMETHEUS"
     #: The CloudWatch namespace of EMF metrics (one per deployment, so two stacks never mix their figures).
-    metrics_namespace: str = "Ledgerstream"
+    metrics_namespace: str = metrics.NAMESPACE
     #: OpenTelemetry traces, on when OTEL_EXPORTER_OTLP_ENDPOINT is set (the exporter reads the OTEL_* itself).
     tracing: bool = False
     #: The traces' service name (OTEL_SERVICE_NAME); unset: each deployable's own.
@@ -226,16 +230,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
 
 def _tracing(env: Environment) -> bool:
+    """Whether an OTLP/HTTP endpoint is set. Read as it is (not from a secret store): the exporter reads the
+    same variable itself."""
     raw = env.raw("OTEL_EXPORTER_OTLP_ENDPOINT")
-    if raw is None:
-        return False
-    try:
-        scheme = urlsplit(raw).scheme
-    except ValueError:
-        scheme = ""
-    if scheme not in ("http", "https"):
-        raise ConfigError("OTEL_EXPORTER_OTLP_ENDPOINT must be an http:// or https:// URL (OTLP over HTTP)")
-    return True
+    return raw is not None and bool(_checked_url("OTEL_EXPORTER_OTLP_ENDPOINT", raw, ("http", "https")))
 
 
 def _redis_url(env: Environment, default: str, cluster: bool) -> str:

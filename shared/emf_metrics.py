@@ -21,7 +21,7 @@ def emit(namespace: str, name: str, unit: MetricUnit, value: float, dimensions: 
 
 
 class EmfMetrics:
-    def __init__(self, namespace: str = "Ledgerstream") -> None:
+    def __init__(self, namespace: str = metrics.NAMESPACE) -> None:
         self._namespace = namespace
 
     def request(self, route: str, method: str, status: int, seconds: float) -> None:

@@ -34,6 +34,8 @@ OUTCOMES: Final = (APPENDED, CONFLICT_RETRY, IDEMPOTENT_REPLAY, UNCHANGED, REJEC
 
 #: The route label of a request no route matched (a 404 or 405 answered by the gateway itself).
 UNMATCHED: Final = "unmatched"
+#: The CloudWatch namespace of EMF lines unless METRICS_NAMESPACE names another.
+NAMESPACE: Final = "Ledgerstream"
 
 
 class Metrics(Protocol):
@@ -55,7 +57,7 @@ class NoMetrics:
 NO_METRICS: Final = NoMetrics()
 
 
-def build(metrics_format: str, namespace: str = "Ledgerstream") -> Metrics:
+def build(metrics_format: str, namespace: str = NAMESPACE) -> Metrics:
     """The adapter for ``metrics_format`` (validated by ``shared.config``), imported only when chosen;
     ``namespace`` is CloudWatch's, for EMF."""
     if metrics_format == "PROMETHEUS":

@@ -52,9 +52,10 @@ def _context_of(headers: Mapping[str, str]) -> Context:
 @contextmanager
 def request_span(method: str, route: str, headers: Mapping[str, str]) -> Iterator[Span]:
     """The server span of one API request, continuing the client's ``traceparent`` when it sent one."""
-    with _state.tracer.start_as_current_span(f"{method} {route}", context=_context_of(headers), kind=SpanKind.SERVER,
-                                       attributes={"http.request.method": method, "http.route": route},
-                                       record_exception=False, set_status_on_exception=False) as span:
+    with _state.tracer.start_as_current_span(f"{method} {route}", context=_context_of(headers),
+                                             kind=SpanKind.SERVER,
+                                             attributes={"http.request.method": method, "http.route": route},
+                                             record_exception=False, set_status_on_exception=False) as span:
         yield span
 
 
@@ -74,8 +75,8 @@ def recording() -> bool:
 def store_span(operation: str, command: str) -> Iterator[Span]:
     """A client span for one event-store call: ``operation`` names what it does, ``command`` the Redis command."""
     with _state.tracer.start_as_current_span(f"redis {operation}", kind=SpanKind.CLIENT,
-                                       attributes={"db.system.name": "redis", "db.operation.name": command,
-                                                   "ledger.store.operation": operation}) as span:
+                                             attributes={"db.system.name": "redis", "db.operation.name": command,
+                                                         "ledger.store.operation": operation}) as span:
         yield span
 
 
@@ -104,7 +105,7 @@ class AppliedSpans:
         links = [Link(trace.get_current_span(context).get_span_context()) for _, context in self._events
                  if context is not None]
         self._batch = _state.tracer.start_span("projector batch", kind=SpanKind.CONSUMER, links=links,
-                                         attributes={"ledger.batch.entries": len(events)})
+                                               attributes={"ledger.batch.entries": len(events)})
         self._started: Any = getattr(self._batch, "start_time", None)
 
     def end(self, applied: int, failed: int) -> None:
@@ -117,5 +118,5 @@ class AppliedSpans:
             if context is None:
                 continue
             span = _state.tracer.start_span(f"project {kind}", context=context, kind=SpanKind.CONSUMER,
-                                      start_time=self._started, links=[Link(self._batch.get_span_context())])
+                                            start_time=self._started, links=[Link(self._batch.get_span_context())])
             span.end(end_time=ended)
