@@ -35,6 +35,7 @@ from pathlib import Path
 from honcho.manager import Manager
 from honcho.printer import Printer
 
+from devstack import local_secrets
 from devstack.issuer import DEFAULT_SCOPES, LOCAL_AUDIENCE, LocalIssuer, local_url
 from devstack.mongo_standin import answers as mongo_answers
 from devstack.mongo_standin import command as mongo_command
@@ -120,6 +121,8 @@ def _run(args: argparse.Namespace, dev: DevSettings) -> int:
                   f"{dev.state_dir / 'issuer'}): .venv/bin/python -m devstack token <subject>")
         else:
             print("devstack: authentication as configured by the AUTH_* variables in the environment")
+        if local_secrets.provide(env, dev.state_dir):
+            print(f"devstack: consistency tokens signed with the key in {dev.state_dir / 'consistency-token-secret'}")
         # Health on loopback: a laptop is not a container behind a platform probe.
         manager.add_process("projector", f"{sys.executable} -m projector run",
                             env={**env, "PROJECTOR_HEALTH_BIND": env.get("PROJECTOR_HEALTH_BIND", "127.0.0.1")})

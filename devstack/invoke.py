@@ -23,6 +23,7 @@ from typing import Any
 
 from cfnlint.decode import decode
 
+from devstack import local_secrets
 from devstack.issuer import LOCAL_AUDIENCE, local_url
 from devstack.settings import load_dev_settings
 from shared.config import ConfigError
@@ -43,12 +44,13 @@ class Resolver:
                                 for name, spec in template.get("Parameters", {}).items()})
         self.parameters.update(overrides)
         self.conditions = template.get("Conditions", {})
+        self.resources = set(template.get("Resources", {}))
 
     def value(self, node: Any) -> Any:
         if isinstance(node, dict) and len(node) == 1:
             (key, arg), = node.items()
-            if key == "Ref":
-                return NO_VALUE if arg == "AWS::NoValue" else self.parameters.get(arg, arg)
+            if key == "Ref":  # a resource of the stack does not exist locally: the variable is left out
+                return NO_VALUE if arg == "AWS::NoValue" or arg in self.resources else self.parameters.get(arg, arg)
             if key == "Fn::If":
                 return self.value(arg[1] if self.condition(arg[0]) else arg[2])
             if key == "Fn::Equals":
@@ -123,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update({k: v for k, v in env.items() if k not in os.environ and v != ""})
     if not (os.environ.get("AUTH_ISSUER") or os.environ.get("AUTH_MODE")):
         os.environ.update({"AUTH_ISSUER": local_url(dev.issuer_port), "AUTH_AUDIENCE": LOCAL_AUDIENCE})
+    local_secrets.provide(os.environ, dev.state_dir)  # the key `make run` signs with, as the stack's secret
     module_name, function_name = handler.rsplit(".", 1)
     spec = importlib.util.spec_from_file_location(module_name, code_dir / f"{module_name}.py")
     assert spec is not None and spec.loader is not None

@@ -20,9 +20,11 @@ class GatewayRoute:
 
 ROUTES: tuple[GatewayRoute, ...] = (
     GatewayRoute("POST", "/accounts", "CreateAccountFunction", "functions.create_account.app"),
+    GatewayRoute("GET", "/accounts", "ListAccountsFunction", "functions.list_accounts.app"),
     GatewayRoute("GET", "/accounts/{id}", "GetAccountFunction", "functions.get_account.app"),
     GatewayRoute("POST", "/accounts/{id}/deposits", "DepositFunction", "functions.deposit.app"),
     GatewayRoute("POST", "/accounts/{id}/withdrawals", "WithdrawFunction", "functions.withdraw.app"),
     GatewayRoute("GET", "/accounts/{id}/events", "ListEventsFunction", "functions.list_events.app"),
+    GatewayRoute("GET", "/accounts/{id}/statement", "StatementFunction", "functions.statement.app"),
     GatewayRoute("PUT", "/accounts/{id}/owner", "AssignOwnerFunction", "functions.assign_owner.app"),
 )

@@ -19,7 +19,7 @@ from redis.exceptions import RedisClusterException
 
 from projector import health, maintenance, status, verification
 from projector.emf_reporter import EmfReporter
-from projector.mongo_read_model import MONGO_ERRORS, describe_mongo
+from projector.mongo_connection import MONGO_ERRORS, describe_mongo
 from projector.partition_log import GroupMissing
 from projector.read_model import MalformedDocument
 from projector.settings import ProjectorSettings, load_projector_settings

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from projector import projection
 from projector.projection import Current, History, LogEntry, entry_position
 from projector.read_model import CheckpointWrite, ReadModel, Repair
+from projector.statements import transactions
 from shared import account
 from shared.errors import CorruptHistory
 
@@ -44,7 +45,8 @@ def repair_from_stream(history: History, account_id: str, partition: int, entrie
                   extra={"fields": {"account_id": account_id}})
         return None
     position = max([entry_position(at), *(e.position for e in entries)])
-    return Repair(account_id, state if state.exists else None, [e.event_id for e in events], partition, position)
+    return Repair(account_id, state if state.exists else None, [e.event_id for e in events], partition, position,
+                  transactions(account_id, events))
 
 
 @dataclass(slots=True)

@@ -20,6 +20,7 @@ from projector.read_model import (
     ReadModel,
     document,
 )
+from projector.statements import Transaction
 
 log = logging.getLogger("ledgerstream.projector")
 _SCAN_COUNT = 5_000
@@ -52,7 +53,9 @@ def rebuild(partition_log: PartitionLog, live: ReadModel, history: History, kept
               desc="rebuild") as bar:
         for partition in partitions:
             for entries in _chunks(partition_log, partition, "0-0", ends[partition]):
-                refused += len(projection.fold(built, entries, kept))
+                moved: list[Transaction] = []
+                refused += len(projection.fold(built, entries, kept, moved))
+                live.put_transactions(moved)  # each the same document as the live projector's: written in place
                 events += len(entries)
                 bar.update(len(entries))
     fresh = live.sibling(f"{live.name}_rebuild_{int(time.time())}")

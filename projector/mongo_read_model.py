@@ -1,4 +1,4 @@
-"""``MongoReadModel``: the read model on MongoDB, the only module that calls pymongo.
+"""``MongoReadModel``: the read model on MongoDB; with ``mongo_transactions``, the projector's only pymongo code.
 
 Writes go with write concern ``majority``, so an acknowledged write survives a replica-set failover and
 acknowledging the Redis entry afterwards cannot lose it (on a standalone server "majority" is the one node).
@@ -9,8 +9,7 @@ up to its stored version. Connection failures and timeouts become ``ReadModelUna
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from itertools import islice
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,21 +17,20 @@ from urllib.parse import urlsplit
 from bson.int64 import Int64
 from pymongo import DeleteOne, InsertOne, MongoClient, ReplaceOne, UpdateOne
 from pymongo.collection import Collection
-from pymongo.errors import BulkWriteError, ConnectionFailure, PyMongoError, WTimeoutError
+from pymongo.errors import BulkWriteError
 from pymongo.write_concern import WriteConcern
 
+from projector.mongo_connection import DUPLICATE_KEY, stored, unavailable_as_error
+from projector.mongo_transactions import MongoTransactions
 from projector.projection import AccountWrite, Current
 from projector.read_model import (
-    ACCOUNTS,
     Checkpoint,
     CheckpointWrite,
     Document,
     ReadModel,
-    ReadModelUnavailable,
     Repair,
     WriteResult,
     checkpoint_document,
-    checkpoint_id,
     checkpoint_of,
     current_of,
     document,
@@ -41,38 +39,11 @@ from projector.read_model import (
     owner_document,
     timestamp,
 )
-from projector.settings import ProjectorSettings
+from projector.statements import Transaction
 from shared.money import format_minor
+from shared.read_model_layout import ACCOUNT_INDEXES, ACCOUNTS, checkpoint_id, transactions_name
 
 Operation = InsertOne[Document] | UpdateOne | ReplaceOne[Document] | DeleteOne
-_DUPLICATE_KEY = 11000
-#: Anything MongoDB can fail with, for a command-line tool that only reports it.
-MONGO_ERRORS: tuple[type[Exception], ...] = (ReadModelUnavailable, PyMongoError)
-#: Fields kept as int64 whatever their size, so every document stores them alike.
-_LONGS = ("balance_minor", "log_ms", "updated_ms", "at_ms")
-
-
-@contextmanager
-def unavailable_as_error() -> Iterator[None]:
-    try:
-        yield
-    except (ConnectionFailure, WTimeoutError) as exc:  # includes AutoReconnect, timeouts, not-primary
-        raise ReadModelUnavailable(f"MongoDB is unavailable: {type(exc).__name__}") from exc
-
-
-def connect(settings: ProjectorSettings) -> MongoClient[Document]:
-    timeout_ms = int(settings.mongodb_timeout_seconds * 1000)
-    return MongoClient(settings.mongodb_uri, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms,
-                       socketTimeoutMS=timeout_ms * 2, retryWrites=True, tz_aware=True)
-
-
-def describe_mongo(settings: ProjectorSettings) -> str:  # for a person: never the credentials
-    hosts = urlsplit(settings.mongodb_uri).netloc.rpartition("@")[2] or "localhost:27017"
-    return f"MongoDB {hosts}, {settings.mongodb_database}.{settings.mongodb_collection}"
-
-
-def _stored(doc: Document) -> Document:
-    return {k: Int64(v) if k in _LONGS and isinstance(v, int) else v for k, v in doc.items()}
 
 
 class MongoReadModel:
@@ -83,6 +54,8 @@ class MongoReadModel:
         self._name = collection
         self._collection: Collection[Document] = self._db.get_collection(
             collection, write_concern=WriteConcern(w="majority"))
+        self._transactions = MongoTransactions(self._db.get_collection(
+            transactions_name(collection), write_concern=WriteConcern(w="majority")))
         self._kept = kept
         self.group = group
         self.owner = owner
@@ -114,6 +87,11 @@ class MongoReadModel:
 
     def write(self, writes: Sequence[AccountWrite], checkpoints: Sequence[CheckpointWrite] = (),
               repairs: Sequence[Repair] = ()) -> WriteResult:
+        # Transactions first: a document that moved on without them would have them never written again.
+        with unavailable_as_error():
+            self._transactions.put(t for w in writes for t in w.transactions)
+            self._transactions.replace([r.account_id for r in repairs],
+                                       (t for r in repairs if r.state is not None for t in r.transactions))
         applied, refused = self._write_guarded(writes) if writes else (set(), {})
         settle: list[Operation] = [self._repair(r) for r in repairs]
         settle += [self._checkpoint(c) for c in checkpoints if c.expected is None]
@@ -127,6 +105,20 @@ class MongoReadModel:
                 held = self._collection.bulk_write(guarded, ordered=False).matched_count == len(guarded)
         return WriteResult(applied, refused, held)
 
+    def put_transactions(self, transactions: Iterable[Transaction]) -> None:
+        with unavailable_as_error():
+            self._transactions.put(transactions)
+
+    def transactions(self, account_id: str) -> list[Document]:
+        with unavailable_as_error():
+            return self._transactions.of(account_id)
+
+    def ensure_indexes(self) -> None:
+        with unavailable_as_error():
+            for name, keys in ACCOUNT_INDEXES:
+                self._collection.create_index(keys, name=name)
+            self._transactions.ensure_indexes()
+
     def _write_guarded(self, writes: Sequence[AccountWrite]) -> tuple[set[str], dict[str, str]]:
         ops = [self._operation(w) for w in writes]
         errors: dict[str, str] = {}
@@ -137,7 +129,7 @@ class MongoReadModel:
             except BulkWriteError as exc:
                 complete = False
                 for error in exc.details.get("writeErrors", []):
-                    if error.get("code") != _DUPLICATE_KEY:  # a duplicate insert lost a race: re-read decides
+                    if error.get("code") != DUPLICATE_KEY:  # a duplicate insert lost a race: re-read decides
                         errors[writes[error["index"]].after.id] = str(error.get("errmsg", "write refused"))[:500]
             if complete:
                 return {w.after.id for w in writes}, errors
@@ -152,7 +144,7 @@ class MongoReadModel:
         position = write.last_position
         partition = write.entries[0].partition
         if write.expected_version == 0:
-            return InsertOne(_stored(document(state, write.event_ids[-self._kept:], log_ids, partition, position)))
+            return InsertOne(stored(document(state, write.event_ids[-self._kept:], log_ids, partition, position)))
         return UpdateOne(
             {"_id": state.id, "version": write.expected_version},
             {"$set": {"balance_minor": Int64(state.balance), "balance": format_minor(state.balance),
@@ -167,14 +159,14 @@ class MongoReadModel:
         if repair.state is None:
             return DeleteOne({"_id": repair.account_id, **ACCOUNTS})
         return ReplaceOne({"_id": repair.account_id},
-                          _stored(document(repair.state, repair.event_ids[-self._kept:], [], repair.partition,
+                          stored(document(repair.state, repair.event_ids[-self._kept:], [], repair.partition,
                                            repair.position)), upsert=True)
 
     def _checkpoint(self, checkpoint: CheckpointWrite) -> UpdateOne:
         where: dict[str, Any] = {"_id": checkpoint_id(self.group, checkpoint.partition)}
         if checkpoint.expected is not None:
             where["entry_id"] = checkpoint.expected
-        fields = _stored(checkpoint_document(self.group, self.owner, checkpoint.partition, checkpoint.entry_id,
+        fields = stored(checkpoint_document(self.group, self.owner, checkpoint.partition, checkpoint.entry_id,
                                              checkpoint.event_id, int(time.time() * 1000)))
         del fields["_id"]
         return UpdateOne(where, {"$set": fields}, upsert=checkpoint.expected is None)
@@ -187,7 +179,7 @@ class MongoReadModel:
     def create_checkpoint(self, partition: int) -> None:
         fresh = checkpoint_document(self.group, self.owner, partition, "0-0", "", int(time.time() * 1000))
         with unavailable_as_error():
-            self._collection.replace_one({"_id": fresh["_id"]}, _stored(fresh), upsert=True)
+            self._collection.replace_one({"_id": fresh["_id"]}, stored(fresh), upsert=True)
 
     def applied_after(self, partition: int, position: tuple[int, int]) -> list[str]:
         ms, seq = position
@@ -210,16 +202,17 @@ class MongoReadModel:
 
     def write_note(self, name: str, fields: Document) -> None:
         with unavailable_as_error():
-            self._collection.replace_one({"_id": note_id(name)}, _stored(note_document(name, fields)), upsert=True)
+            self._collection.replace_one({"_id": note_id(name)}, stored(note_document(name, fields)), upsert=True)
 
     def recreate(self) -> None:
         with unavailable_as_error():
             self._collection.drop()
+            self._transactions.drop()
 
     def insert(self, documents: Iterable[Document], chunk: int = 1000) -> int:
-        count, stored = 0, map(_stored, documents)
+        count, converted = 0, map(stored, documents)
         with unavailable_as_error():
-            while batch := list(islice(stored, chunk)):
+            while batch := list(islice(converted, chunk)):
                 self._collection.insert_many(batch, ordered=False)
                 count += len(batch)
         return count
@@ -233,11 +226,13 @@ class MongoReadModel:
             ops: list[UpdateOne | DeleteOne] = []
             for doc in rebuilt.values():
                 guard = {"version": {"$lte": doc["version"]}} if "version" in doc else {}
-                fields = {k: v for k, v in _stored(doc).items() if k != "_id"}
+                fields = {k: v for k, v in stored(doc).items() if k != "_id"}
                 ops.append(UpdateOne({"_id": doc["_id"], **guard}, {"$set": fields}, upsert=True))
-            ops += [DeleteOne({"_id": key, **ACCOUNTS}) for key in self.documents() if key not in rebuilt]
+            gone = [key for key in self.documents() if key not in rebuilt]
+            ops += [DeleteOne({"_id": key, **ACCOUNTS}) for key in gone]
             for start in range(0, len(ops), 1000):
                 self._apply_guarded(ops[start:start + 1000])
+            self._transactions.forget(gone)
         built.recreate()
 
     def _apply_guarded(self, ops: Sequence[UpdateOne | DeleteOne]) -> None:
@@ -245,6 +240,6 @@ class MongoReadModel:
             self._collection.bulk_write(list(ops), ordered=False)
         except BulkWriteError as exc:
             # A duplicate key means the live document is newer than the rebuilt one: keep the live one.
-            others = [e for e in exc.details.get("writeErrors", []) if e.get("code") != _DUPLICATE_KEY]
+            others = [e for e in exc.details.get("writeErrors", []) if e.get("code") != DUPLICATE_KEY]
             if others:
                 raise

@@ -16,6 +16,7 @@ from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from projector.statements import Transaction, transaction
 from shared import account
 from shared.account import Account
 from shared.errors import CorruptHistory
@@ -82,6 +83,8 @@ class AccountWrite:
     event_ids: list[str]
     #: The log entries this write settles (acknowledged once it is stored).
     entries: list[LogEntry]
+    #: The money movements among the new versions, for the statements (written before the document).
+    transactions: list[Transaction] = field(default_factory=list)
 
     @property
     def entry_ids(self) -> list[str]:
@@ -160,6 +163,7 @@ def _plan_account(result: Plan, known: Current, group: list[LogEntry], history: 
         return
     state = known.state
     applied: list[str] = []
+    moved: list[Transaction] = []
     for version in range(start + 1, target + 1):
         try:
             state = account.apply_recorded(state, by_version[version])
@@ -170,8 +174,9 @@ def _plan_account(result: Plan, known: Current, group: list[LogEntry], history: 
             fresh = [e for e in fresh if _event(e).version < version]
             break
         applied.append(by_version[version].event_id)
+        moved += filter(None, (transaction(by_version[version], state),))
     if applied and fresh:
-        result.writes.append(AccountWrite(start, state, applied, fresh))
+        result.writes.append(AccountWrite(start, state, applied, fresh, moved))
 
 
 def _versions(result: Plan, start: int, target: int, fresh: list[LogEntry],
@@ -211,10 +216,11 @@ class Built:
     position: tuple[int, int]
 
 
-def fold(built: dict[str, Built], entries: Iterable[LogEntry], kept: int) -> list[tuple[LogEntry, str]]:
-    """Fold log ``entries``, in log order, into ``built`` in place (the rebuild path); return the ones refused.
-    The same event twice in the log changes nothing; an event that cannot follow its account's state is
-    refused, and its account's later events with it."""
+def fold(built: dict[str, Built], entries: Iterable[LogEntry], kept: int,
+         moved: list[Transaction] | None = None) -> list[tuple[LogEntry, str]]:
+    """Fold log ``entries``, in log order, into ``built`` in place (the rebuild path); return the ones refused,
+    and add the transactions folded to ``moved``. The same event twice in the log changes nothing; an event
+    that cannot follow its account's state is refused, and its account's later events with it."""
     refused: list[tuple[LogEntry, str]] = []
     for entry in entries:
         event = entry.event
@@ -236,4 +242,6 @@ def fold(built: dict[str, Built], entries: Iterable[LogEntry], kept: int) -> lis
         item.state, item.position = state, entry.position
         item.event_ids.append(event.event_id)
         item.log_ids.append(entry.entry_id)
+        if moved is not None and (found := transaction(event, state)) is not None:
+            moved.append(found)
     return refused

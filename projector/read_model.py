@@ -19,30 +19,26 @@ starts with "_", which no account id can, and which carries ``kind: "checkpoint"
 
 and notes (``kind: "note"``): ``_note.store``, the event store it was projected from; ``_note.verify``.
 
-Checkpoints live next to the documents on purpose: whatever wipes or restores the collection wipes or restores
-them with it, so the projector can tell that the read model went back in time. Every account write is guarded
-by the stored version, so a redelivered, reordered or concurrently projected event is never applied twice.
-Nothing read back is trusted by its ``_id``: a checkpoint is a checkpoint only if it looks like one, an
-account document only if it looks like one (``MalformedDocument`` otherwise).
+Beside it, the ``<collection>_transactions`` collection: see ``statements.py``.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
 from projector.projection import AccountWrite, Current
+from projector.statements import Transaction
 from shared.account import Account
 from shared.money import format_minor
 from shared.principal import Owner
+from shared.read_model_layout import checkpoint_id
 from shared.validation import ACCOUNT_ID_PATTERN
 
 Document = dict[str, Any]
-#: Account documents: everything but the checkpoints.
-ACCOUNTS: Mapping[str, Any] = {"kind": {"$exists": False}}
 _ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 
 
@@ -98,6 +94,8 @@ class Repair:
     event_ids: list[str]
     partition: int
     position: tuple[int, int]
+    #: Every transaction of the account's stream: they replace the ones the read model holds.
+    transactions: Sequence[Transaction] = ()
 
 
 class ReadModel(Protocol):
@@ -136,6 +134,13 @@ class ReadModel(Protocol):
         ...
 
     def find(self, account_id: str) -> Document | None: ...
+
+    def transactions(self, account_id: str) -> list[Document]: ...  # the account's, by version
+
+    def put_transactions(self, transactions: Iterable[Transaction]) -> None: ...  # each is idempotent
+
+    def ensure_indexes(self) -> None:  # those of ``read_model_layout``: cheap when they exist
+        ...
 
     def note(self, name: str) -> Document | None:
         """A note of the projector's own (whose event store this is, the last verify); never an account."""
@@ -223,10 +228,6 @@ def note_id(name: str) -> str:
 
 def note_document(name: str, fields: Document) -> Document:
     return {**fields, "_id": note_id(name), "kind": "note", "name": name}
-
-
-def checkpoint_id(group: str, partition: int) -> str:
-    return f"_checkpoint.{group}.p{partition}"
 
 
 def checkpoint_of(doc: Document | None, group: str, partition: int) -> Checkpoint | None:

@@ -7,7 +7,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from shared.config import Environment
+from shared.config import Environment, load_mongo_settings
 
 
 @dataclass(frozen=True)
@@ -32,13 +32,12 @@ class ProjectorSettings:
 def load_projector_settings(environ: Mapping[str, str] | None = None) -> ProjectorSettings:
     env = Environment(environ)
     defaults = ProjectorSettings()
+    mongo = load_mongo_settings(env)
     return ProjectorSettings(
-        mongodb_uri=env.url("MONGODB_URI", defaults.mongodb_uri, ("mongodb", "mongodb+srv"),
-                            ("uri", "url", "MONGODB_URI")),
-        mongodb_database=env.name("MONGODB_DATABASE", defaults.mongodb_database),
-        mongodb_collection=env.name("MONGODB_COLLECTION", defaults.mongodb_collection),
-        mongodb_timeout_seconds=env.number("MONGODB_TIMEOUT_SECONDS", defaults.mongodb_timeout_seconds, float,
-                                           0.1, 120.0),
+        mongodb_uri=mongo.uri,
+        mongodb_database=mongo.database,
+        mongodb_collection=mongo.collection,
+        mongodb_timeout_seconds=mongo.timeout_seconds,
         group=env.name("PROJECTOR_GROUP", defaults.group),
         name=env.name("PROJECTOR_NAME", "") or _default_name(),
         batch_size=env.number("PROJECTOR_BATCH_SIZE", defaults.batch_size, int, 1, 10_000),

@@ -99,6 +99,7 @@ class StoreIdentity:
         """The store a running projector projects: bound at its first turn, then checked on every lease tick
         (``ForeignStore`` when Redis restarted without its data, or the address now reaches another)."""
         if bound is None:
+            self._model.ensure_indexes()  # the queries' indexes, before the first document (cheap when there)
             return self.bind()
         now = self.redis_identity()
         if now != bound:

@@ -22,16 +22,22 @@ from projector.partitions import LeaseLost
 from projector.projection import LogEntry
 from shared.keys import KeySpace
 
+# Settling an entry is announced on the partition's progress stream (a few entries kept): a query waiting for
+# its consistency token blocks on that stream, woken the moment something it waits for may have happened.
+# KEYS: lease, log, progress. ARGV: lease value, group, entry ids.
 _FENCED_ACK = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
-return redis.call('XACK', KEYS[2], ARGV[2], unpack(ARGV, 3))
+local done = redis.call('XACK', KEYS[2], ARGV[2], unpack(ARGV, 3))
+if done > 0 then redis.call('XADD', KEYS[3], 'MAXLEN', '~', 16, '*', 'settled', ARGV[#ARGV]) end
+return done
 """
-# KEYS: lease, log, parked, quarantine. ARGV: lease value, group, entry id, account ('' if unknown), reason,
-# then the parked entry's field/value pairs.
+# KEYS: lease, log, parked, quarantine, progress. ARGV: lease value, group, entry id, account ('' if unknown),
+# reason, then the parked entry's field/value pairs.
 _FENCED_PARK = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 redis.call('XADD', KEYS[3], '*', unpack(ARGV, 6))
 if ARGV[4] ~= '' then redis.call('HSETNX', KEYS[4], ARGV[4], ARGV[5]) end
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', 16, '*', 'parked', ARGV[3])
 return redis.call('XACK', KEYS[2], ARGV[2], ARGV[3])
 """
 
@@ -154,7 +160,8 @@ class ConsumerGroup:
         if not entry_ids:
             return 0
         with redis_errors(partition):
-            done = int(self._ack(keys=[self.keys.lease(partition, self.group), self._log(partition)],
+            done = int(self._ack(keys=[self.keys.lease(partition, self.group), self._log(partition),
+                                       self.keys.progress(partition, self.group)],
                                  args=[lease, self.group, *entry_ids]))
         if done < 0:
             raise LeaseLost(f"lease of partition {partition} lost before acknowledging")
@@ -168,8 +175,8 @@ class ConsumerGroup:
             with redis_errors():
                 pipe = self._redis.pipeline(transaction=False)
                 for lease, partition, ids in work:  # EVALSHA as is: a pipeline's script check costs a round trip
-                    pipe.evalsha(self._ack.sha, 2, self.keys.lease(partition, self.group), self._log(partition),
-                                 lease, self.group, *ids)
+                    pipe.evalsha(self._ack.sha, 3, self.keys.lease(partition, self.group), self._log(partition),
+                                 self.keys.progress(partition, self.group), lease, self.group, *ids)
                 replies: list[Any] = pipe.execute(raise_on_error=False)
         else:
             replies = [NoScriptError()] * len(work)
@@ -199,7 +206,8 @@ class ConsumerGroup:
         with redis_errors(partition):
             done = int(self._park(keys=[self.keys.lease(partition, self.group), self._log(partition),
                                         self.keys.parked(partition, self.group),
-                                        self.keys.quarantine(partition, self.group)],
+                                        self.keys.quarantine(partition, self.group),
+                                        self.keys.progress(partition, self.group)],
                                   args=[lease, self.group, entry.entry_id, account or "", error[:500], *pairs]))
         if done < 0:
             raise LeaseLost(f"lease of partition {partition} lost before parking")

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from projector.partition_log import redis_errors
 from projector.projection import History
 from projector.read_model import Document, MalformedDocument, ReadModel, Repair, document_state
+from projector.statements import Transaction, transactions
 from shared import account
 from shared.account import Account
 from shared.errors import CorruptHistory
@@ -73,7 +74,9 @@ def verify(keys: KeySpace, model: ReadModel, history: History, stream_accounts: 
                 continue
             report.stream_total += state.balance
             doc = documents.get(account_id)
-            problem = _difference(state, [e.event_id for e in events], doc)
+            moved = transactions(account_id, events)
+            problem = _difference(state, [e.event_id for e in events], doc) or _statement_difference(
+                moved, model.transactions(account_id))
             if doc is not None and isinstance(doc.get("balance_minor"), int):
                 report.model_total += int(doc["balance_minor"])
             if problem:
@@ -82,7 +85,7 @@ def verify(keys: KeySpace, model: ReadModel, history: History, stream_accounts: 
                     partition = keys.partition_of(account_id)
                     position = (int(doc.get("log_ms", 0)), int(doc.get("log_seq", 0))) if doc else (0, 0)
                     model.write((), (), [Repair(account_id, state, [e.event_id for e in events], partition,
-                                                position)])
+                                                position, moved)])
                     report.repaired.append(account_id)
     for account_id, doc in documents.items():
         if account_id in seen:
@@ -98,6 +101,17 @@ def verify(keys: KeySpace, model: ReadModel, history: History, stream_accounts: 
             model.write((), (), [Repair(account_id, None, [], keys.partition_of(account_id), (0, 0))])
             report.repaired.append(account_id)
     return report
+
+
+def _statement_difference(expected: list[Transaction], stored: list[Document]) -> str | None:
+    """How the account's transactions in the read model differ from its stream's, or None."""
+    have = [(d.get("version"), d.get("event_id"), d.get("amount_minor"), d.get("balance_minor")) for d in stored]
+    want = [(t.version, t.event_id, t.amount_minor, t.balance_minor) for t in expected]
+    if have == want:
+        return None
+    missing = len({w[0] for w in want} - {h[0] for h in have})
+    return (f"its statement holds {len(have)} transactions, its stream {len(want)}"
+            + (f" ({missing} missing)" if missing else " (differing)"))
 
 
 def _difference(state: Account, event_ids: list[str], doc: Document | None) -> str | None:

@@ -15,7 +15,8 @@ from prometheus_client import CollectorRegistry
 from projector import metrics, status
 from projector.dead_letters import DeadLetters
 from projector.leases import PartitionLeases
-from projector.mongo_read_model import MongoReadModel, connect
+from projector.mongo_connection import connect
+from projector.mongo_read_model import MongoReadModel
 from projector.partition_log import PartitionLog, redis_errors
 from projector.projection import History
 from projector.read_model import ReadModel

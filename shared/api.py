@@ -7,12 +7,14 @@ from dataclasses import dataclass
 
 from shared import validation
 from shared.account import Deposit, Withdraw
-from shared.config import Settings
+from shared.config import ConfigError, Settings
+from shared.consistency import ConsistencyTokens
 from shared.errors import IdempotencyKeyRequired
 from shared.http import ApiRequest, ProxyResponse, json_response
 from shared.metrics import NO_METRICS, Metrics
 from shared.money import parse_amount
 from shared.principal import Authenticator
+from shared.queries import Consistency, QueryService
 from shared.representations import command_headers, movement_body
 from shared.service import AccountService, CommandContext
 
@@ -29,10 +31,20 @@ class Dependencies:
     service_provider: Callable[[], AccountService]
     authenticator: Authenticator
     metrics: Metrics = NO_METRICS
+    #: Signs the consistency token every write answers with (``runtime`` always gives one; a test may not).
+    tokens: ConsistencyTokens | None = None
+    #: The read model's queries, built on the first query (it connects to MongoDB).
+    queries_provider: Callable[[], QueryService] | None = None
 
     @property
     def service(self) -> AccountService:
         return self.service_provider()
+
+    @property
+    def queries(self) -> QueryService:
+        if self.queries_provider is None:
+            raise ConfigError("this process serves no queries: no read model is configured")
+        return self.queries_provider()
 
 
 def body_fields(request: ApiRequest, settings: Settings, *names: str, optional: tuple[str, ...] = ()) -> list[object]:
@@ -65,4 +77,17 @@ def move_money(request: ApiRequest, deps: Dependencies, command: type[Deposit] |
     (amount,) = body_fields(request, deps.settings, "amount")
     decided, context = command(parse_amount(amount)), command_context(request, deps.settings)
     result = deps.service.execute(account_id, decided, context)  # only now, with the request valid
-    return json_response(200, movement_body(result), command_headers(result))
+    return json_response(200, movement_body(result), command_headers(result, deps.tokens))
+
+
+def consistency(request: ApiRequest, deps: Dependencies) -> tuple[Consistency, str | None]:
+    """What a query asks of the read model's freshness (its ``Consistency-Token`` headers, merged, and
+    ``Prefer: allow-stale``), and the merged token to answer with (None when it sent none)."""
+    values = request.header_values("consistency-token")
+    wanted = deps.tokens.read(values) if values and deps.tokens is not None else {}
+    if values and deps.tokens is None:
+        raise ConfigError("consistency tokens cannot be read: no key is configured")
+    prefer = ",".join(request.header_values("prefer")).lower()
+    allow_stale = any(item.strip().split(";")[0].strip() == "allow-stale" for item in prefer.split(","))
+    merged = deps.tokens.issue(wanted) if wanted and deps.tokens is not None else None
+    return Consistency(wanted, allow_stale), merged

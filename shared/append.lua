@@ -8,7 +8,7 @@
 -- then, only with KEYS[5]: the idempotency record's value (the fingerprint's 32 bytes, then the result to
 -- replay: one string, the smallest thing Redis can keep with a TTL) and its TTL in seconds
 --
--- Replies: {"ok", new version} | {"conflict", current version} | {"duplicate", value} or, for a record
+-- Replies: {"ok", new version, the partition-log id of the last event} | {"conflict", current version} | {"duplicate", value} or, for a record
 -- written before 2026-12-05 as a hash, {"duplicate", fingerprint, result}
 
 -- The entry's field names, in order, the version first: filled in from shared/stream_codec.py when the
@@ -34,6 +34,7 @@ end
 
 local version = current
 local at = 4
+local logged
 for _ = 1, tonumber(ARGV[3]) do
   version = version + 1
   -- The entry id is the version, so XRANGE can seek straight to any version.
@@ -44,7 +45,7 @@ for _ = 1, tonumber(ARGV[3]) do
     at = at + 1
   end
   redis.call('XADD', KEYS[1], version .. '-0', unpack(items))
-  redis.call('XADD', KEYS[3], '*', unpack(items))
+  logged = redis.call('XADD', KEYS[3], '*', unpack(items))
 end
 redis.call('SET', KEYS[2], version)
 
@@ -54,4 +55,4 @@ end
 if KEYS[5] then
   redis.call('SET', KEYS[5], ARGV[at], 'EX', ARGV[at + 1])
 end
-return {'ok', version}
+return {'ok', version, logged}

@@ -262,6 +262,65 @@ def _cluster_nodes(env: Environment, cluster: bool) -> tuple[tuple[str, int], ..
     return tuple(nodes)
 
 
+_CONSISTENCY_UNCONFIGURED = (
+    "CONSISTENCY_TOKEN_SECRET is not set: the service signs the consistency tokens its writes answer with, and "
+    "refuses to start without a key to sign them (at least 32 characters; CONSISTENCY_TOKEN_SECRET_SECRET_ARN "
+    "or CONSISTENCY_TOKEN_SECRET_PARAMETER to take it from a secret store); `make run` generates one")
+
+
+def load_consistency_secret(environ: Mapping[str, str] | None = None) -> str:
+    """The key consistency tokens are signed with: required, like the authentication settings."""
+    secret = Environment(environ).secret("CONSISTENCY_TOKEN_SECRET", ("secret", "CONSISTENCY_TOKEN_SECRET"))
+    if secret is None:
+        raise ConfigError(_CONSISTENCY_UNCONFIGURED)
+    if len(secret) < 32:
+        raise ConfigError("CONSISTENCY_TOKEN_SECRET must be at least 32 characters (a random one: "
+                          "python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+    return secret
+
+
+@dataclass(frozen=True)
+class MongoSettings:
+    """Where the read model is: written by the projector, read by the query functions."""
+
+    uri: str = field(default="mongodb://localhost:27017", repr=False)  # may embed a password
+    database: str = "accountDB"
+    collection: str = "accountCollection"
+    timeout_seconds: float = 5.0
+
+
+def load_mongo_settings(env: Environment) -> MongoSettings:
+    defaults = MongoSettings()
+    return MongoSettings(
+        uri=env.url("MONGODB_URI", defaults.uri, ("mongodb", "mongodb+srv"), ("uri", "url", "MONGODB_URI")),
+        database=env.name("MONGODB_DATABASE", defaults.database),
+        collection=env.name("MONGODB_COLLECTION", defaults.collection),
+        timeout_seconds=env.number("MONGODB_TIMEOUT_SECONDS", defaults.timeout_seconds, float, 0.1, 120.0),
+    )
+
+
+@dataclass(frozen=True)
+class QuerySettings:
+    """What the query functions need beyond ``Settings``."""
+
+    mongo: MongoSettings = field(default_factory=MongoSettings)
+    #: The projector group whose checkpoints say what the read model holds.
+    group: str = "projector"
+    #: How long a query with a consistency token waits for the read model before answering 503: short, as
+    #: a Lambda invocation is billed while it waits.
+    wait_seconds: float = 2.0
+
+
+def load_query_settings(environ: Mapping[str, str] | None = None) -> QuerySettings:
+    env = Environment(environ)
+    defaults = QuerySettings()
+    return QuerySettings(
+        mongo=load_mongo_settings(env),
+        group=env.name("PROJECTOR_GROUP", defaults.group),
+        wait_seconds=env.number("QUERY_WAIT_SECONDS", defaults.wait_seconds, float, 0.0, 25.0),
+    )
+
+
 #: Signature algorithms a token may use: asymmetric only, so no verifier ever holds a secret that could sign.
 ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
 _UNCONFIGURED = ("authentication is not configured: set AUTH_ISSUER and AUTH_AUDIENCE (optionally AUTH_JWKS_URL, "

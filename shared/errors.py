@@ -65,6 +65,11 @@ class InvalidHeader(RequestError):
     title = "A request header has an invalid value"
 
 
+class InvalidConsistencyToken(InvalidHeader):
+    code = "invalid-consistency-token"
+    title = "A Consistency-Token header holds a token this service did not issue"
+
+
 class InvalidQuery(RequestError):
     code = "invalid-query"
     title = "A query parameter has an invalid value"
@@ -207,6 +212,38 @@ class OutcomeUnknown(StoreUnavailable):
 
     code = "outcome-unknown"
     title = "The outcome of this request is unknown"
+
+
+class ReadModelUnavailable(LedgerError):
+    """The read model (MongoDB) cannot answer a query now. Writes and the Redis-served reads still work."""
+
+    code = "read-model-unavailable"
+    title = "Read model unavailable"
+
+    @classmethod
+    def unreachable(cls) -> ReadModelUnavailable:
+        return cls("the read model cannot be reached now; GET /accounts/{id} and its events are served from the "
+                   "event store and still answer; retry shortly")
+
+
+class ProjectionBehind(LedgerError):
+    """A query asked for at least the writes its consistency token covers, and the read model had not applied
+    them within the wait. ``retry_after`` (seconds) is the advice the answer carries."""
+
+    code = "projection-behind"
+    title = "The read model has not caught up with your writes yet"
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+class ProjectionParked(LedgerError):
+    """A write the token covers was parked by the projector (it cannot be applied without an operator): no
+    wait can succeed, so the query is refused at once rather than answered without it."""
+
+    code = "projection-parked"
+    title = "A write this query must include cannot be projected"
 
 
 class CorruptHistory(LedgerError):

@@ -8,7 +8,7 @@ against every implementation, so the service can be tested on the fake and trust
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 from shared.account import Account
@@ -44,9 +44,18 @@ class Loaded(NamedTuple):
         return self.snapshot.version if self.snapshot else 0
 
 
+class Position(NamedTuple):
+    """Where an event stands in its partition's log: what a read model's checkpoint is compared with."""
+
+    partition: int
+    entry_id: str
+
+
 @dataclass(frozen=True, slots=True)
 class Appended:
     version: int
+    #: The partition-log position of the last event appended (not compared: an outcome is its version).
+    position: Position | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +107,11 @@ class EventStore(Protocol):
 
         Raises ``StoreUnavailable`` when the append was never sent, ``AppendUnknown`` when it was sent and no
         reply came, and ``NotDurable`` when it was applied but not confirmed by enough replicas."""
+        ...
+
+    def log_tail(self, account_id: str) -> Position:
+        """The last position in the account's partition log: at or after every event of the account stored
+        so far (a replayed answer's position, when the original append's is not at hand)."""
         ...
 
     def confirm_durable(self, account_id: str) -> None:

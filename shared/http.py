@@ -55,6 +55,9 @@ STATUS_BY_ERROR: dict[type[LedgerError], int] = {
     errors.VersionConflict: 409,
     errors.PreconditionFailed: 412,
     errors.StoreUnavailable: 503,
+    errors.ReadModelUnavailable: 503,
+    errors.ProjectionBehind: 503,
+    errors.ProjectionParked: 409,
     errors.LedgerError: 500,
 }
 
@@ -82,6 +85,8 @@ class ApiRequest(NamedTuple):
     query_repeats: frozenset[str] = frozenset()
     #: The route's template (API Gateway's ``resource``, ``/accounts/{id}``): what metrics are labelled with.
     route: str = metrics.UNMATCHED
+    #: Headers sent more than once, every value (``headers`` keeps one), by lower-cased name.
+    repeated_headers: Mapping[str, tuple[str, ...]] = {}
     #: Who sent it, once ``serve`` has authenticated it (until then: nobody, with no scope).
     principal: Principal = NOBODY
 
@@ -98,6 +103,7 @@ class ApiRequest(NamedTuple):
         else:
             body = raw_body.encode("utf-8", "surrogatepass")
         multi_query = event.get("multiValueQueryStringParameters")
+        multi_headers = event.get("multiValueHeaders")
         return cls(
             method=str(event.get("httpMethod") or "GET").upper(),
             path=str(event.get("path") or "/"),
@@ -109,10 +115,20 @@ class ApiRequest(NamedTuple):
             query_repeats=frozenset(str(k) for k, v in multi_query.items() if isinstance(v, list) and len(v) > 1)
             if multi_query else _NO_REPEATS,
             route=str(event.get("resource") or metrics.UNMATCHED),
+            repeated_headers={str(k).lower(): tuple(str(x) for x in v) for k, v in multi_headers.items()
+                              if isinstance(v, list) and len(v) > 1} if multi_headers else {},
         )
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
+
+    def header_values(self, name: str) -> tuple[str, ...]:
+        """Every value of a header that may be sent more than once (none when it was not sent)."""
+        lowered = name.lower()
+        if lowered in self.repeated_headers:
+            return self.repeated_headers[lowered]
+        value = self.headers.get(lowered)
+        return () if value is None else (value,)
 
     def by(self, principal: Principal) -> ApiRequest:
         """This request, sent by ``principal`` (what ``_replace`` does, without walking the fields in Python)."""
@@ -231,13 +247,19 @@ def problem_response(error: LedgerError, request: ApiRequest | None = None, path
         headers["X-Request-Id"] = request_id
     if status == 503:
         # A full store frees no memory in a second: ask for a longer pause than for an outage.
-        headers["Retry-After"] = STORE_FULL_RETRY_AFTER_SECONDS if isinstance(error, errors.StoreFull) \
-            else RETRY_AFTER_SECONDS
+        headers["Retry-After"] = _retry_after(error)
     challenge = _challenge(error)
     if challenge is not None:
         headers["WWW-Authenticate"] = challenge
     return {"statusCode": status, "headers": headers, "body": orjson.dumps(body).decode(),
             "isBase64Encoded": False}
+
+
+def _retry_after(error: LedgerError) -> str:
+    if isinstance(error, errors.ProjectionBehind):  # as long as the projection was behind: it tells best
+        return str(error.retry_after)
+    # A full store frees no memory in a second: ask for a longer pause than for an outage.
+    return STORE_FULL_RETRY_AFTER_SECONDS if isinstance(error, errors.StoreFull) else RETRY_AFTER_SECONDS
 
 
 def _challenge(error: LedgerError) -> str | None:

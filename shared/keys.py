@@ -11,6 +11,8 @@
     {<prefix>:p<n>:<s>}:lease-token:<group>       the counter that makes every grant of that lease distinct
     {<prefix>:p<n>:<s>}:parked:<group>            the group's dead letters of partition n
     {<prefix>:p<n>:<s>}:quarantine:<group>        accounts whose events wait behind a parked one
+    {<prefix>:p<n>:<s>}:progress:<group>          the group's settlements of partition n, announced (a few
+                                                  kept) for queries waiting on a consistency token
     {<prefix>:global}:projector-members:<group>   the group's live replicas
     {<prefix>:global}:store-id                    this event store's identity (written once)
 
@@ -131,6 +133,9 @@ class KeySpace:
 
     def quarantine(self, partition: int, group: str) -> str:
         return f"{self.tag(partition)}:quarantine:{group}"
+
+    def progress(self, partition: int, group: str) -> str:
+        return f"{self.tag(partition)}:progress:{group}"
 
     def projector_members(self, group: str) -> str:
         """The one key that belongs to no partition: which replicas of the group are alive."""

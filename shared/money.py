@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from decimal import Decimal, InvalidOperation
 
-from shared.errors import InvalidAmount
+from shared.errors import InvalidAmount, InvalidQuery
 
 MINOR_PER_MAJOR = 100
 #: Largest amount of one deposit or withdrawal: 1,000,000,000.00.
@@ -18,6 +18,7 @@ MAX_AMOUNT_MINOR = 1_000_000_000 * MINOR_PER_MAJOR
 MAX_BALANCE_MINOR = 1_000_000_000_000 * MINOR_PER_MAJOR
 
 _DECIMAL_STRING = re.compile(r"(?:0|[1-9][0-9]{0,11})(?:\.[0-9]{1,2})?")
+_FUNDS_STRING = re.compile(r"(?:0|[1-9][0-9]{0,12})(?:\.[0-9]{1,2})?")
 _HUNDRED = Decimal(MINOR_PER_MAJOR)
 
 
@@ -46,6 +47,14 @@ def parse_amount(value: object) -> int:
     if minor > MAX_AMOUNT_MINOR:
         raise InvalidAmount(f"amount must not exceed {format_minor(MAX_AMOUNT_MINOR)}")
     return minor
+
+
+def parse_funds(value: str, name: str) -> int:
+    """A balance bound of a query (``min_funds=12.34``), in minor units: a decimal string, 0 or more."""
+    if not _FUNDS_STRING.fullmatch(value):
+        raise InvalidQuery(f"{name} must look like 12.34 (0 or more, at most 2 decimal places), got {value[:40]!r}")
+    major, _, cents = value.partition(".")
+    return int(major) * MINOR_PER_MAJOR + int(cents.ljust(2, "0"))
 
 
 def _decimal_to_minor(value: Decimal) -> int:

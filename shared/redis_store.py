@@ -32,6 +32,7 @@ from shared.event_store import (
     IdempotencyWrite,
     Loaded,
     NotDurable,
+    Position,
 )
 from shared.events import NewEvent, RecordedEvent
 from shared.keys import KeySpace
@@ -105,7 +106,7 @@ class RedisEventStore:
         keys, args = append_arguments(self._keys, self._ttl, account_id, expected_version, events, idempotency,
                                       snapshot)
         if self._wait_replicas:
-            return self._append_and_wait(keys, args)
+            return self._append_and_wait(account_id, keys, args)
         with SendingScripts() as sent:
             try:
                 reply = self._run(self._append, keys, args)
@@ -115,7 +116,13 @@ class RedisEventStore:
                 if sent():  # it left for Redis: applied or not, in flight or not, only a later read can tell
                     raise AppendUnknown(f"no reply to an append to {account_id}: {type(exc).__name__}") from exc
                 raise StoreUnavailable.unreachable() from exc
-        return _outcome(reply)
+        return _outcome(reply, self._keys.partition_of(account_id))
+
+    def log_tail(self, account_id: str) -> Position:
+        partition = self._keys.partition_of(account_id)
+        with unavailable_as_store_error():
+            last: Any = self._run.raw("XREVRANGE", self._keys.partition_log(partition), "+", "-", "COUNT", 1)
+        return Position(partition, _text(last[0][0]) if last else "0-0")
 
     def confirm_durable(self, account_id: str) -> None:
         """With ``wait_replicas``, write to the partition's sync key and WAIT on the same connection: replicas
@@ -131,7 +138,7 @@ class RedisEventStore:
         if int(confirmed) < self._wait_replicas:
             raise NotDurable(int(confirmed), self._wait_replicas)
 
-    def _append_and_wait(self, keys: list[str], args: list[bytes | str | int]) -> AppendOutcome:
+    def _append_and_wait(self, account_id: str, keys: list[str], args: list[bytes | str | int]) -> AppendOutcome:
         """The append and a WAIT on one connection, in one round trip: WAIT counts the replicas that have
         this connection's writes. Any failure here is an unknown outcome (the pair may have been sent)."""
         node = self._node(keys[0])
@@ -153,7 +160,7 @@ class RedisEventStore:
                 raise StoreUnavailable("the cluster moved this account's slot; retry the request")
             if isinstance(reply, Exception):
                 raise reply
-            outcome = _outcome(reply)
+            outcome = _outcome(reply, self._keys.partition_of(account_id))
             if isinstance(outcome, Appended) and int(confirmed) < self._wait_replicas:
                 raise NotDurable(int(confirmed), self._wait_replicas)
             return outcome
@@ -180,7 +187,8 @@ class RedisEventStore:
             for account_id, version, events in requests:
                 keys, args = append_arguments(self._keys, self._ttl, account_id, version, events)
                 self._append(keys=keys, args=args, client=pipe)
-            return [_outcome(reply) for reply in pipe.execute()]
+            return [_outcome(reply, self._keys.partition_of(account_id))
+                    for reply, (account_id, _, _) in zip(pipe.execute(), requests, strict=True)]
 
 def append_arguments(keys: KeySpace, ttl: int, account_id: str, expected_version: int, events: Sequence[NewEvent],
                      idempotency: IdempotencyWrite | None = None,
@@ -200,10 +208,14 @@ def append_arguments(keys: KeySpace, ttl: int, account_id: str, expected_version
     return script_keys, args
 
 
-def _outcome(reply: Any) -> AppendOutcome:
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _outcome(reply: Any, partition: int) -> AppendOutcome:
     status = reply[0]
     if status == b"ok":
-        return Appended(int(reply[1]))
+        return Appended(int(reply[1]), Position(partition, _text(reply[2])))
     if status == b"conflict":
         return Conflict(int(reply[1]))
     if status == b"duplicate":

@@ -16,12 +16,22 @@ from redis.exceptions import RedisClusterException
 from shared import auth, logs, tracing
 from shared import metrics as metrics_port
 from shared.api import Dependencies
-from shared.config import AuthSettings, Settings, load_auth_settings, load_settings
+from shared.config import (
+    AuthSettings,
+    QuerySettings,
+    Settings,
+    load_auth_settings,
+    load_consistency_secret,
+    load_query_settings,
+    load_settings,
+)
+from shared.consistency import ConsistencyTokens
 from shared.errors import StoreUnavailable
 from shared.event_store import EventStore
 from shared.keys import KeySpace
 from shared.metrics import Metrics
 from shared.principal import Authenticator
+from shared.queries import QueryService
 from shared.redis_client import NodeMemory, build_client, memory, unavailable_as_store_error
 from shared.redis_client import check_ready as redis_client_check_ready
 from shared.redis_store import RedisEventStore
@@ -94,9 +104,34 @@ def tracing_started() -> bool:
 
 
 @cache
+def tokens() -> ConsistencyTokens:
+    """Refuses (ConfigError) without CONSISTENCY_TOKEN_SECRET, rather than answer writes with no token."""
+    config = settings()
+    return ConsistencyTokens(load_consistency_secret(), config.key_prefix, config.partitions)
+
+
+@cache
+def query_settings() -> QuerySettings:
+    return load_query_settings()
+
+
+@cache
+def queries() -> QueryService:
+    """The read model's queries: one MongoDB client per process (a warm Lambda container keeps it)."""
+    from shared.mongo_queries import MongoQueries, connect
+    from shared.projection_progress import RedisProjectionProgress
+
+    config, query = settings(), query_settings()
+    model = MongoQueries(connect(query.mongo.uri, query.mongo.timeout_seconds), query.mongo.database,
+                         query.mongo.collection, query.group)
+    progress = RedisProjectionProgress(redis_client(), keys(), query.group, config.redis_timeout_seconds)
+    return QueryService(model, progress, keys(), query.wait_seconds)
+
+
+@cache
 def dependencies() -> Dependencies:
     tracing_started()
-    return Dependencies(settings(), service, authenticator(), metrics())
+    return Dependencies(settings(), service, authenticator(), metrics(), tokens(), queries)
 
 
 def reset() -> None:
@@ -109,6 +144,9 @@ def reset() -> None:
     keys.cache_clear()
     redis_client.cache_clear()
     service.cache_clear()
+    tokens.cache_clear()
+    query_settings.cache_clear()
+    queries.cache_clear()
     dependencies.cache_clear()
 
 

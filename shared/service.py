@@ -41,6 +41,7 @@ from shared.event_store import (
     IdempotencyWrite,
     Loaded,
     NotDurable,
+    Position,
 )
 from shared.events import Metadata, NewEvent, RecordedEvent
 from shared.metrics import NO_METRICS, Metrics
@@ -66,6 +67,9 @@ class CommandResult(NamedTuple):
     version: int
     amount: int | None = None
     replayed: bool = False
+    #: Where the command's event (or, when it wrote none, the account's partition log) stands: what the
+    #: answer's consistency token names. Never part of an idempotency record.
+    position: Position | None = None
 
     def to_record(self) -> str:
         """What an idempotency record keeps to answer a retry exactly: ``balance:version:amount`` (the
@@ -113,6 +117,8 @@ class AccountService:
         budget = deadlines.start(self._deadline)  # every store call inside gets only what is left of it
         try:
             result, outcome = self._execute(account_id, command, context)
+            if result.position is None:  # a replay, or nothing written now: the log's end covers the answer
+                result = result._replace(position=self._log_tail(account_id))
         except LedgerError as exc:
             self._metrics.append(_outcome_of(exc))
             raise
@@ -149,7 +155,9 @@ class AccountService:
             decided: DomainEvent | None = command.decide(state)
             if decided is None:  # nothing to change (an owner assigned again): the state as it is
                 return CommandResult(account_id, state.balance, state.version), metrics.UNCHANGED
-            at = self._clock()
+            # Never before the account's last event, whatever this writer's clock says: an account's events are
+            # in time order, so a statement's time range is a range of versions.
+            at = max(self._clock(), state.updated_at or "")
             after = account.apply(state, decided, state.version + 1, at)
             result = CommandResult(account_id, after.balance, after.version, account.amount_of(decided))
             event = NewEvent(type=decided.type, account_id=account_id, data=decided.data(), event_id=event_id,
@@ -168,7 +176,7 @@ class AccountService:
             except NotDurable:
                 return self._durable(account_id, result, command, context, deadline), metrics.APPENDED
             if isinstance(outcome, Appended):
-                return result, metrics.APPENDED
+                return result._replace(position=outcome.position), metrics.APPENDED
             if isinstance(outcome, Duplicate):
                 replayed = _replay(outcome.record, fingerprint, context, account_id)
                 return self._durable(account_id, replayed, command, context, deadline), metrics.IDEMPOTENT_REPLAY
@@ -179,6 +187,14 @@ class AccountService:
                     f"account {account_id} changed concurrently {self._max_attempts} times; retry the request")
             self._metrics.append(metrics.CONFLICT_RETRY)
             self._backoff(conflicts - 1)
+
+    def _log_tail(self, account_id: str) -> Position | None:
+        """The log's end, or None if Redis does not answer now: the command's outcome is settled, so a read
+        failing after it must not turn its answer into an error (the answer then carries no token)."""
+        try:
+            return self._store.log_tail(account_id)
+        except StoreUnavailable:
+            return None
 
     def _load(self, account_id: str, command: Command, context: CommandContext, unsure: bool,
               deadline: float) -> Loaded:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from shared.account import Account
-from shared.event_store import AppendOutcome, EventStore, IdempotencyWrite, Loaded
+from shared.event_store import AppendOutcome, EventStore, IdempotencyWrite, Loaded, Position
 from shared.events import NewEvent, RecordedEvent
 from shared.otel_tracing import recording, store_span
 
@@ -37,6 +37,12 @@ class TracedEventStore:
             outcome = self._store.append(account_id, expected_version, events, idempotency, snapshot)
             span.set_attribute("ledger.append.outcome", type(outcome).__name__)
             return outcome
+
+    def log_tail(self, account_id: str) -> Position:
+        if not recording():
+            return self._store.log_tail(account_id)
+        with store_span("log_tail", "XREVRANGE"):
+            return self._store.log_tail(account_id)
 
     def confirm_durable(self, account_id: str) -> None:
         if not recording():

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
 
 from shared.errors import InvalidAccountId, InvalidBody, InvalidField, InvalidHeader, InvalidQuery, MissingField
 from shared.preconditions import IfMatch
@@ -106,3 +108,86 @@ def identity_text(value: object, name: str) -> str:
     if not isinstance(value, str) or not IDENTITY_TEXT_PATTERN.fullmatch(value):
         raise InvalidField(f"{name} must be 1-255 visible ASCII characters")
     return value
+
+
+def query(values: Mapping[str, str], repeated: Iterable[str], allowed: tuple[str, ...]) -> Mapping[str, str]:
+    """The query parameters, each given at most once and each one of ``allowed``."""
+    twice = sorted(repeated)
+    if twice:
+        raise InvalidQuery(f"query parameter {twice[0][:40]!r} is given more than once; give it once")
+    unknown = sorted(set(values) - set(allowed))
+    if unknown:
+        raise InvalidQuery(f"unknown query parameter {unknown[0][:40]!r}; expected {', '.join(allowed)}")
+    return values
+
+
+def limit(values: Mapping[str, str]) -> int:
+    return _query_int(values, "limit", DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE)
+
+
+def moment(values: Mapping[str, str], name: str) -> datetime | None:
+    """An RFC 3339 date-time with its offset (2026-03-01T00:00:00Z), or None when not given."""
+    raw = values.get(name)
+    if raw is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(raw) if _MOMENT.fullmatch(raw) else None
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        raise InvalidQuery(f"{name} must be a date-time with an offset, like 2026-03-01T00:00:00Z, got {raw[:40]!r}")
+    return parsed.astimezone(UTC)
+
+
+_MOMENT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?(Z|[+-][0-9]{2}:[0-9]{2})")
+_CURSOR = re.compile(r"[A-Za-z0-9_-]{1,200}")
+
+
+def encode_cursor(*parts: str | int) -> str:
+    """An opaque page cursor (its fields are ours to change; clients only hand it back)."""
+    return base64.urlsafe_b64encode("\n".join(map(str, parts)).encode()).rstrip(b"=").decode()
+
+
+def decode_cursor(values: Mapping[str, str], fields: int) -> list[str] | None:
+    raw = values.get("cursor")
+    if raw is None:
+        return None
+    try:
+        if not _CURSOR.fullmatch(raw):
+            raise ValueError
+        parts = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode().split("\n")
+    except (ValueError, UnicodeDecodeError):
+        parts = []
+    if len(parts) != fields:
+        raise InvalidQuery("cursor is not one this service handed out: pass next_cursor from the previous page as "
+                           "it is")
+    return parts
+
+
+def account_cursor(values: Mapping[str, str]) -> str | None:
+    parts = decode_cursor(values, 1)
+    if parts is None:
+        return None
+    if not ACCOUNT_ID_PATTERN.fullmatch(parts[0]):
+        raise InvalidQuery("cursor is not one this service handed out")
+    return parts[0]
+
+
+def statement_cursor(values: Mapping[str, str]) -> tuple[datetime, int] | None:
+    parts = decode_cursor(values, 2)
+    if parts is None:
+        return None
+    micros, version = parts
+    if not (micros.isascii() and micros.isdigit() and version.isascii() and version.isdigit()
+            and len(micros) <= 17 and len(version) <= 15):
+        raise InvalidQuery("cursor is not one this service handed out")
+    return _EPOCH + timedelta(microseconds=int(micros)), int(version)
+
+
+def statement_cursor_of(at: datetime, version: int) -> str:
+    delta = at.astimezone(UTC) - _EPOCH
+    micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds  # exact, no float
+    return encode_cursor(micros, version)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

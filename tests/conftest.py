@@ -48,6 +48,8 @@ def _no_authentication_unless_asked() -> None:
 
 
 _no_authentication_unless_asked()
+#: The service refuses to start without a key for its consistency tokens; the tests' own, never a deployment's.
+os.environ["CONSISTENCY_TOKEN_SECRET"] = "tests-only-consistency-token-key-0123456789"
 
 
 def _in_ci() -> bool:

@@ -18,13 +18,15 @@ from shared.event_store import (
     IdempotencyRecord,
     IdempotencyWrite,
     Loaded,
+    Position,
 )
 from shared.events import NewEvent, RecordedEvent
+from shared.keys import KeySpace
 
 
 class InMemoryEventStore:
     def __init__(self, idempotency_ttl_seconds: int = 86_400,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, partitions: int = 16) -> None:
         self._lock = threading.Lock()
         self._ttl = idempotency_ttl_seconds
         self._clock = clock
@@ -32,6 +34,9 @@ class InMemoryEventStore:
         self.snapshots: dict[str, Account] = {}
         self.idempotency: dict[tuple[str, str], tuple[IdempotencyRecord, float]] = {}
         self.log: list[RecordedEvent] = []
+        self._keys = KeySpace("fake", partitions)
+        #: Each partition's last log position: one counter for every log, so ids grow as Redis's do.
+        self._tails: dict[int, str] = {}
 
     def load(self, account_id: str, idempotency_key: str | None = None) -> Loaded:
         with self._lock:
@@ -67,11 +72,18 @@ class InMemoryEventStore:
                 )
                 stream.append(recorded)
                 self.log.append(recorded)
+            partition = self._keys.partition_of(account_id)
+            self._tails[partition] = f"{len(self.log)}-0"
             if snapshot is not None:
                 self.snapshots[account_id] = snapshot
             if idempotency is not None:
                 self.idempotency[account_id, idempotency.key] = (idempotency.record, self._clock() + self._ttl)
-            return Appended(len(stream))
+            return Appended(len(stream), Position(partition, self._tails[partition]))
+
+    def log_tail(self, account_id: str) -> Position:
+        partition = self._keys.partition_of(account_id)
+        with self._lock:
+            return Position(partition, self._tails.get(partition, "0-0"))
 
     def confirm_durable(self, account_id: str) -> None:
         """Nothing beyond memory to wait for."""

@@ -23,7 +23,7 @@ def handle(request: ApiRequest, deps: Dependencies) -> ProxyResponse:
     owner = Owner(validation.identity_text(issuer if issuer is not None else request.principal.issuer, "issuer"),
                   validation.identity_text(subject, "subject"))
     result = deps.service.execute(account_id, AssignOwner(owner), api.command_context(request, deps.settings))
-    return json_response(200, owner_body(result, owner), command_headers(result))
+    return json_response(200, owner_body(result, owner), command_headers(result, deps.tokens))
 
 
 def lambda_handler(event: dict[str, Any], context: object) -> ProxyResponse:

@@ -17,7 +17,7 @@ def handle(request: ApiRequest, deps: Dependencies) -> ProxyResponse:
     account_id = validation.account_id(raw_id)
     context = api.command_context(request, deps.settings)
     result = deps.service.execute(account_id, OpenAccount(owner_for(request.principal)), context)
-    headers = {**command_headers(result), "Location": f"/accounts/{account_id}"}
+    headers = {**command_headers(result, deps.tokens), "Location": f"/accounts/{account_id}"}
     return json_response(201, created_body(result), headers)
 
 

@@ -12,6 +12,7 @@ import yaml
 from openapi_spec_validator import validate
 
 from devstack.issuer import LOCAL_AUDIENCE, IssuerServer, LocalIssuer, SigningKey
+from devstack.mongo_standin import MongoStandIn
 from gateway.routes import ROUTES
 from tests.support.gateway import live_gateway
 from tests.support.targets import RedisTarget
@@ -45,8 +46,8 @@ def test_every_write_documents_its_headers() -> None:
 
 
 @pytest.mark.slow
-def test_schemathesis_against_the_live_gateway(redis_target: RedisTarget, key_prefix: str,
-                                               redis_client: object) -> None:
+def test_schemathesis_against_the_live_gateway(redis_target: RedisTarget, key_prefix: str, redis_client: object,
+                                               mongo_standin: MongoStandIn, mongo_db: str) -> None:
     st = tool("st") or tool("schemathesis")
     if st is None:
         pytest.fail("schemathesis is not installed; it is part of the dev extra")
@@ -54,7 +55,9 @@ def test_schemathesis_against_the_live_gateway(redis_target: RedisTarget, key_pr
     with IssuerServer(issuer) as server:
         issuer.url = f"http://127.0.0.1:{server.port}"
         settings = {**redis_target.env(), "LEDGER_KEY_PREFIX": key_prefix, "AUTH_MODE": "jwt",
-                    "AUTH_ISSUER": issuer.url, "AUTH_AUDIENCE": LOCAL_AUDIENCE}
+                    "AUTH_ISSUER": issuer.url, "AUTH_AUDIENCE": LOCAL_AUDIENCE,
+                    # The query routes read the read model (empty here: they answer from what it has).
+                    "MONGODB_URI": mongo_standin.uri, "MONGODB_DATABASE": mongo_db, "QUERY_WAIT_SECONDS": "0.2"}
         # An administrator's token, so every route can be exercised; schemathesis's ignored_auth check also
         # sends each request without it and expects a 401.
         token = issuer.token("schemathesis", ("accounts:read", "accounts:write", "accounts:admin"))

@@ -69,7 +69,7 @@ def test_unknown_routes_and_methods_are_problems(client: FlaskClient) -> None:
     wrong = client.delete("/accounts/alice")
     _problem(wrong, 405, "method-not-allowed")
     assert "GET" in wrong.headers["Allow"]
-    _problem(client.get("/accounts"), 405, "method-not-allowed")
+    _problem(client.patch("/accounts"), 405, "method-not-allowed")
 
 
 def test_client_mistakes_are_4xx(client: FlaskClient) -> None:

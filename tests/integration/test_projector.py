@@ -19,7 +19,8 @@ from pymongo import MongoClient
 from devstack.mongo_standin import MongoStandIn
 from devstack.redis_server import free_port
 from projector import health, maintenance
-from projector.mongo_read_model import MongoReadModel, connect
+from projector.mongo_connection import connect
+from projector.mongo_read_model import MongoReadModel
 from projector.partition_log import to_entry
 from shared import account, runtime
 from shared.events import NewEvent, RecordedEvent
@@ -292,7 +293,8 @@ def test_rebuild_matches_live_projection_and_never_empties_the_live_collection(
     fields = ("balance_minor", "balance", "version", "timestamps", "event_ids")
     assert {k: tuple(v[f] for f in fields) for k, v in rebuilt.items()} == \
         {k: tuple(v[f] for f in fields) for k, v in live.items()}
-    assert mongo[mongo_db].list_collection_names() == [COLLECTION]
+    # The rebuild's own collection is gone: only the live one and its transactions are left.
+    assert sorted(mongo[mongo_db].list_collection_names()) == [COLLECTION, f"{COLLECTION}_transactions"]
     assert all(projector.read_model.checkpoint(p) is not None for p in range(live_env.partitions)
                if client.xlen(live_env.partition_log(p)))
     mongo.close()
@@ -325,7 +327,10 @@ def test_the_configured_database_and_collection_receive_the_documents(
 
 
 def test_read_model_module_is_the_only_pymongo_user() -> None:
+    """The projector's MongoDB adapter (its connection, accounts and transactions) writes the read model; the
+    query side's adapter reads it. Nothing else knows pymongo."""
     root = Path(__file__).resolve().parents[2]
     users = {path.relative_to(root).as_posix() for folder in ("shared", "projector", "functions", "gateway")
              for path in (root / folder).rglob("*.py") if "pymongo" in path.read_text()}
-    assert users == {"projector/mongo_read_model.py"}
+    assert users == {"projector/mongo_connection.py", "projector/mongo_read_model.py",
+                     "projector/mongo_transactions.py", "shared/mongo_queries.py"}

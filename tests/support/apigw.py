@@ -14,7 +14,9 @@ from functions.assign_owner import app as assign_owner
 from functions.create_account import app as create_account
 from functions.deposit import app as deposit
 from functions.get_account import app as get_account
+from functions.list_accounts import app as list_accounts
 from functions.list_events import app as list_events
+from functions.statement import app as statement
 from functions.withdraw import app as withdraw
 from shared.api import Dependencies
 from shared.http import serve
@@ -27,6 +29,8 @@ ROUTES = {
     "get_account": get_account,
     "list_events": list_events,
     "assign_owner": assign_owner,
+    "list_accounts": list_accounts,
+    "statement": statement,
 }
 #: Each route's Lambda entry point, wired to this process's real dependencies (``shared.runtime``).
 HANDLERS: dict[str, Callable[[dict[str, Any], object], dict[str, Any]]] = {

@@ -20,7 +20,6 @@ from projector.read_model import (
     Repair,
     WriteResult,
     checkpoint_document,
-    checkpoint_id,
     checkpoint_of,
     current_of,
     document,
@@ -29,7 +28,9 @@ from projector.read_model import (
     owner_document,
     timestamp,
 )
+from projector.statements import Transaction, transaction_document
 from shared.money import format_minor
+from shared.read_model_layout import checkpoint_id, transactions_name
 
 
 class Database:
@@ -68,6 +69,12 @@ class InMemoryReadModel:
             raise ReadModelUnavailable("the in-memory read model is down")
         return self._db.collections.setdefault(self._name, {})
 
+    @property
+    def _txs(self) -> dict[Any, Document]:
+        if self._db.down:
+            raise ReadModelUnavailable("the in-memory read model is down")
+        return self._db.collections.setdefault(transactions_name(self._name), {})
+
     def describe(self) -> str:
         return f"in-memory read model, {self._name}"
 
@@ -86,7 +93,14 @@ class InMemoryReadModel:
     def write(self, writes: Sequence[AccountWrite], checkpoints: Sequence[CheckpointWrite] = (),
               repairs: Sequence[Repair] = ()) -> WriteResult:
         with self._db.lock:
-            docs = self._docs
+            docs, txs = self._docs, self._txs
+            for write in writes:
+                txs.update((d["_id"], d) for d in map(transaction_document, write.transactions))
+            for repair in repairs:
+                for key in [k for k, d in txs.items() if d["account_id"] == repair.account_id]:
+                    del txs[key]
+                if repair.state is not None:
+                    txs.update((d["_id"], d) for d in map(transaction_document, repair.transactions))
             applied = {w.after.id for w in writes if self._apply(docs, w)}
             # Decided by the version guard: whoever wrote it, the account is projected up to its version.
             applied |= {w.after.id for w in writes
@@ -155,6 +169,18 @@ class InMemoryReadModel:
             found = self._docs.get(account_id)
             return None if found is None or "kind" in found else copy.deepcopy(found)
 
+    def transactions(self, account_id: str) -> list[Document]:
+        with self._db.lock:
+            return sorted((copy.deepcopy(d) for d in self._txs.values() if d["account_id"] == account_id),
+                          key=lambda d: d["version"])
+
+    def put_transactions(self, transactions: Iterable[Transaction]) -> None:
+        with self._db.lock:
+            self._txs.update((d["_id"], d) for d in map(transaction_document, transactions))
+
+    def ensure_indexes(self) -> None:
+        _ = self._docs  # nothing to index in memory; an outage is still one
+
     def documents(self) -> dict[str, Document]:
         with self._db.lock:
             return {key: copy.deepcopy(doc) for key, doc in self._docs.items() if "kind" not in doc}
@@ -171,6 +197,7 @@ class InMemoryReadModel:
     def recreate(self) -> None:
         with self._db.lock:
             self._docs.clear()
+            self._txs.clear()
 
     def insert(self, documents: Iterable[Document]) -> int:
         count = 0
@@ -189,6 +216,10 @@ class InMemoryReadModel:
                 live = docs.get(key)
                 if live is None or live.get("version", 0) <= doc.get("version", 0):
                     docs[key] = doc
-            for key in [k for k, d in docs.items() if "kind" not in d and k not in rebuilt]:
+            gone = {k for k, d in docs.items() if "kind" not in d and k not in rebuilt}
+            for key in gone:
                 del docs[key]
+            txs = self._txs
+            for key in [k for k, d in txs.items() if d["account_id"] in gone]:
+                del txs[key]
         built.recreate()

@@ -145,4 +145,7 @@ def test_events_endpoint_validates_its_query(api: Api) -> None:
 def test_an_event_with_nothing_in_it_is_a_client_error(api: Api) -> None:
     for name in ROUTES:
         response = api.send(name, {})
+        if name == "list_accounts":  # a GET with no parameters is a whole request: the caller's accounts
+            assert response["statusCode"] == 200, response
+            continue
         assert 400 <= response["statusCode"] < 500, name

@@ -1,0 +1,47 @@
+"""``MongoTransactions``: the read model's transactions collection on MongoDB, the part of ``MongoReadModel``
+the statements are served from. Each transaction is a fact of one account's version, so writing one again
+writes the same document (an upsert by its id), and repairing an account replaces all of its transactions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from itertools import islice
+
+from pymongo import ReplaceOne
+from pymongo.collection import Collection
+
+from projector.mongo_connection import stored
+from projector.read_model import Document
+from projector.statements import Transaction, transaction_document
+from shared.read_model_layout import TRANSACTION_INDEXES
+
+
+class MongoTransactions:
+    def __init__(self, collection: Collection[Document]) -> None:
+        self._collection = collection
+
+    def put(self, transactions: Iterable[Transaction], chunk: int = 1000) -> None:
+        ops = (ReplaceOne({"_id": doc["_id"]}, doc, upsert=True)
+               for doc in map(stored, map(transaction_document, transactions)))
+        while batch := list(islice(ops, chunk)):
+            self._collection.bulk_write(batch, ordered=False)
+
+    def replace(self, accounts: Sequence[str], transactions: Iterable[Transaction]) -> None:
+        """Every transaction of ``accounts`` becomes those of ``transactions``."""
+        self.forget(accounts)
+        self.put(transactions)
+
+    def forget(self, accounts: Sequence[str]) -> None:
+        if accounts:
+            self._collection.delete_many({"account_id": {"$in": list(accounts)}})
+
+    def of(self, account_id: str) -> list[Document]:
+        return list(self._collection.find({"account_id": account_id}).sort("version", 1))
+
+    def ensure_indexes(self) -> None:
+        for name, keys in TRANSACTION_INDEXES:
+            self._collection.create_index(keys, name=name)
+
+    def drop(self) -> None:
+        self._collection.drop()
+

@@ -1,0 +1,98 @@
+"""Consistency tokens: what a write answers with so that a later query can ask for "at least my writes".
+
+A token names, per partition, a position in that partition's log (the write's own, or the log's end for an
+answer that wrote nothing): a position vector like Kafka's. It is opaque to clients and signed by the service
+(HMAC-SHA256 with ``CONSISTENCY_TOKEN_SECRET``, bound to the deployment's key prefix and partition count), so
+a client can neither forge nor shift one, and a token of another deployment is refused. Several tokens merge
+into one by taking each partition's furthest position: a client that sends every token it holds waits for
+all of its writes, and a query answers with the merged token.
+
+Wire form: ``v1.<partitions>.<signature>``, both base64url without padding; ``<partitions>`` encodes
+``"<partition>:<ms>-<seq>"`` items joined by commas. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import re
+from collections.abc import Iterable, Mapping
+
+from shared.errors import InvalidConsistencyToken
+from shared.event_store import Position
+
+VERSION = "v1"
+#: More than any client needs (one partition per token, merged), few enough to bound the work of one request.
+MAX_TOKENS = 32
+MAX_HEADER_BYTES = 8_192
+_ITEM = re.compile(r"(?P<partition>[0-9]{1,5}):(?P<ms>[0-9]{1,20})-(?P<seq>[0-9]{1,20})")
+_TOKEN = re.compile(r"v1\.(?P<body>[A-Za-z0-9_-]{1,4096})\.(?P<signature>[A-Za-z0-9_-]{43})")
+#: A partition-log position as numbers, so positions compare in log order.
+LogPosition = tuple[int, int]
+
+
+def position_of(entry_id: str) -> LogPosition:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def entry_id_of(position: LogPosition) -> str:
+    return f"{position[0]}-{position[1]}"
+
+
+class ConsistencyTokens:
+    """Issues and reads the tokens of one deployment."""
+
+    def __init__(self, secret: str, prefix: str, partitions: int) -> None:
+        if len(secret) < 32:
+            raise ValueError("a consistency-token secret must be at least 32 characters")
+        self._key = hmac.new(secret.encode(), f"ledgerstream consistency {prefix} {partitions}".encode(),
+                             hashlib.sha256).digest()  # a key of this deployment's own, derived once
+        self._partitions = partitions
+
+    def issue(self, positions: Mapping[int, LogPosition] | Position) -> str:
+        if isinstance(positions, Position):
+            positions = {positions.partition: position_of(positions.entry_id)}
+        text = ",".join(f"{p}:{entry_id_of(positions[p])}" for p in sorted(positions))
+        body = _b64(text.encode())
+        return f"{VERSION}.{body}.{self._sign(body)}"
+
+    def read(self, values: Iterable[str]) -> dict[int, LogPosition]:
+        """The merged positions of every token in ``values`` (header values, each possibly several tokens
+        joined by commas); ``InvalidConsistencyToken`` for anything this deployment did not issue."""
+        merged: dict[int, LogPosition] = {}
+        tokens = [t.strip() for value in values for t in value.split(",") if t.strip()]
+        if sum(len(t) for t in tokens) > MAX_HEADER_BYTES or len(tokens) > MAX_TOKENS:
+            raise InvalidConsistencyToken(f"send at most {MAX_TOKENS} consistency tokens, or merge them: every "
+                                          "query answer carries the merge of the tokens it was sent")
+        for token in tokens:
+            for partition, position in self._positions(token).items():
+                if position > merged.get(partition, (0, 0)):
+                    merged[partition] = position
+        return merged
+
+    def _positions(self, token: str) -> dict[int, LogPosition]:
+        match = _TOKEN.fullmatch(token)
+        if match is None or not hmac.compare_digest(match["signature"], self._sign(match["body"])):
+            raise InvalidConsistencyToken("a Consistency-Token header holds a token this service did not issue "
+                                          "(changed, truncated, or from another deployment)")
+        try:
+            text = base64.urlsafe_b64decode(match["body"] + "=" * (-len(match["body"]) % 4)).decode()
+        except (binascii.Error, UnicodeDecodeError):  # signed by us, so never: but never trust, either
+            raise InvalidConsistencyToken("a Consistency-Token header holds an unreadable token") from None
+        positions: dict[int, LogPosition] = {}
+        for item in text.split(","):
+            found = _ITEM.fullmatch(item)
+            if found is None or int(found["partition"]) >= self._partitions:
+                raise InvalidConsistencyToken("a Consistency-Token header holds an unreadable token")
+            positions[int(found["partition"])] = (int(found["ms"]), int(found["seq"]))
+        return positions
+
+    def _sign(self, body: str) -> str:
+        return _b64(hmac.new(self._key, f"{VERSION}.{body}".encode(), hashlib.sha256).digest())
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
