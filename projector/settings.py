@@ -7,15 +7,18 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from shared.config import Environment, load_mongo_settings
+from shared.config import Environment, MongoSettings, load_mongo_settings
+
+#: The read model's defaults, the same for the projector and the query functions.
+_MONGO = MongoSettings()
 
 
 @dataclass(frozen=True)
 class ProjectorSettings:
-    mongodb_uri: str = field(default="mongodb://localhost:27017", repr=False)  # may embed a password
-    mongodb_database: str = "accountDB"
-    mongodb_collection: str = "accountCollection"
-    mongodb_timeout_seconds: float = 5.0
+    mongodb_uri: str = field(default=_MONGO.uri, repr=False)  # may embed a password
+    mongodb_database: str = _MONGO.database
+    mongodb_collection: str = _MONGO.collection
+    mongodb_timeout_seconds: float = _MONGO.timeout_seconds
     group: str = "projector"
     #: A readable name for this replica; each process adds a random suffix, so two can never share an identity.
     name: str = ""

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from shared import validation
 from shared.account import Deposit, Withdraw
 from shared.config import ConfigError, Settings
-from shared.consistency import ConsistencyTokens
+from shared.consistency import ConsistencyTokens, LogPosition
 from shared.errors import IdempotencyKeyRequired
 from shared.http import ApiRequest, ProxyResponse, json_response
 from shared.metrics import NO_METRICS, Metrics
@@ -83,11 +83,14 @@ def move_money(request: ApiRequest, deps: Dependencies, command: type[Deposit] |
 def consistency(request: ApiRequest, deps: Dependencies) -> tuple[Consistency, str | None]:
     """What a query asks of the read model's freshness (its ``Consistency-Token`` headers, merged, and
     ``Prefer: allow-stale``), and the merged token to answer with (None when it sent none)."""
+    wanted: dict[int, LogPosition] = {}
+    merged = None
     values = request.header_values("consistency-token")
-    wanted = deps.tokens.read(values) if values and deps.tokens is not None else {}
-    if values and deps.tokens is None:
-        raise ConfigError("consistency tokens cannot be read: no key is configured")
-    prefer = ",".join(request.header_values("prefer")).lower()
-    allow_stale = any(item.strip().split(";")[0].strip() == "allow-stale" for item in prefer.split(","))
-    merged = deps.tokens.issue(wanted) if wanted and deps.tokens is not None else None
-    return Consistency(wanted, allow_stale), merged
+    if values:
+        if deps.tokens is None:
+            raise ConfigError("consistency tokens cannot be read: no key is configured")
+        wanted = deps.tokens.read(values)
+        merged = deps.tokens.issue(wanted) if wanted else None
+    preferences = (item.split(";")[0].strip() for value in request.header_values("prefer")
+                   for item in value.lower().split(","))
+    return Consistency(wanted, allow_stale="allow-stale" in preferences), merged

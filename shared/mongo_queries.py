@@ -12,7 +12,7 @@ from typing import Any
 
 from pymongo import MongoClient
 from pymongo.collection import Collection
-from pymongo.errors import ConnectionFailure, PyMongoError
+from pymongo.errors import ConnectionFailure, WTimeoutError
 from pymongo.read_concern import ReadConcern
 
 from shared.consistency import LogPosition, position_of
@@ -29,7 +29,7 @@ _ACCOUNT_FIELDS = {"balance_minor": 1, "version": 1, "created_at": 1, "updated_a
 def unavailable_as_error() -> Iterator[None]:
     try:
         yield
-    except (ConnectionFailure, PyMongoError) as exc:  # timeouts, no primary, refused: nothing to show a client
+    except (ConnectionFailure, WTimeoutError) as exc:  # timeouts, no primary, refused (anything else is our bug)
         raise ReadModelUnavailable.unreachable() from exc
 
 
@@ -65,51 +65,35 @@ class MongoQueries:
 
     def accounts(self, owner: Owner | None, only: str | None, min_funds: int | None, max_funds: int | None,
                  after: str | None, limit: int) -> list[AccountRow]:
-        where: Document = dict(ACCOUNTS)
-        ids: Document = {}
-        if only is not None:
-            ids["$eq"] = only
-        if after is not None:
-            ids["$gt"] = after
-        if ids:
-            where["_id"] = ids
+        where: Document = {**ACCOUNTS, **_where("_id", {"$eq": only, "$gt": after}),
+                           **_where("balance_minor", {"$gte": min_funds, "$lte": max_funds})}
         if owner is not None:
             where["owner.iss"], where["owner.sub"] = owner.issuer, owner.subject
-        funds: Document = {}
-        if min_funds is not None:
-            funds["$gte"] = min_funds
-        if max_funds is not None:
-            funds["$lte"] = max_funds
-        if funds:
-            where["balance_minor"] = funds
         with unavailable_as_error():
             return [_account(doc) for doc in self._accounts.find(where, _ACCOUNT_FIELDS).sort("_id", 1).limit(limit)]
 
     def transactions(self, account_id: str, start: datetime | None, end: datetime | None,
                      after: tuple[datetime, int] | None, limit: int) -> list[TransactionRow]:
-        where: Document = {"account_id": account_id}
-        at: Document = {}
-        if start is not None:
-            at["$gte"] = start
-        if end is not None:
-            at["$lt"] = end
         if after is not None:  # an account's transactions are in time order: resume at the cursor's time
-            at["$gte"] = max(after[0], start) if start is not None else after[0]
-            where["version"] = {"$gt": after[1]}
-        if at:
-            where["at"] = at
+            start = after[0] if start is None else max(after[0], start)
+        where: Document = {"account_id": account_id, **_where("at", {"$gte": start, "$lt": end}),
+                           **_where("version", {"$gt": None if after is None else after[1]})}
         with unavailable_as_error():
             found = self._transactions.find(where).sort([("at", 1), ("version", 1)]).limit(limit)
             return [TransactionRow(int(d["version"]), str(d["event_id"]), str(d["type"]), int(d["amount_minor"]),
                                    int(d["balance_minor"]), d["at"]) for d in found]
 
     def balance_before(self, account_id: str, moment: datetime | None) -> int:
-        where: Document = {"account_id": account_id}
-        if moment is not None:
-            where["at"] = {"$lt": moment}
+        where: Document = {"account_id": account_id, **_where("at", {"$lt": moment})}
         with unavailable_as_error():
             last = self._transactions.find_one(where, {"balance_minor": 1}, sort=[("at", -1), ("version", -1)])
         return 0 if last is None else int(last["balance_minor"])
+
+
+def _where(field: str, bounds: dict[str, Any]) -> Document:
+    """``{field: bounds}`` without the bounds that are None (nothing, when none is left)."""
+    given = {op: value for op, value in bounds.items() if value is not None}
+    return {field: given} if given else {}
 
 
 def _account(doc: Document) -> AccountRow:

@@ -185,9 +185,8 @@ def statement_cursor(values: Mapping[str, str]) -> tuple[datetime, int] | None:
 
 
 def statement_cursor_of(at: datetime, version: int) -> str:
-    delta = at.astimezone(UTC) - _EPOCH
-    micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds  # exact, no float
-    return encode_cursor(micros, version)
+    return encode_cursor((at - _EPOCH) // _MICROSECOND, version)  # timedelta // timedelta: an exact int
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
