@@ -11,10 +11,9 @@ from collections.abc import Callable
 
 from aws_lambda_powertools.metrics import MetricUnit
 
-from projector.read_model import ReadModelUnavailable
 from projector.status import PartitionStatus, totals
 from shared.emf_metrics import emit
-from shared.errors import StoreUnavailable
+from shared.errors import ReadModelUnavailable, StoreUnavailable
 
 log = logging.getLogger("ledgerstream.projector")
 #: CloudWatch's standard resolution: one figure per minute is what an alarm period can use.

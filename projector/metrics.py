@@ -17,9 +17,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from projector.health import Health
-from projector.read_model import ReadModelUnavailable
 from projector.status import PartitionStatus, totals
-from shared.errors import StoreUnavailable
+from shared.errors import ReadModelUnavailable, StoreUnavailable
 from shared.prometheus_metrics import RedisMemoryCollector
 from shared.redis_client import NodeMemory
 

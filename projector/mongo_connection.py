@@ -11,8 +11,8 @@ from bson.int64 import Int64
 from pymongo import MongoClient
 from pymongo.errors import ConnectionFailure, PyMongoError, WTimeoutError
 
-from projector.read_model import ReadModelUnavailable
 from projector.settings import ProjectorSettings
+from shared.errors import ReadModelUnavailable
 
 Document = dict[str, Any]
 DUPLICATE_KEY = 11000

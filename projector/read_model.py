@@ -42,10 +42,6 @@ Document = dict[str, Any]
 _ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 
 
-class ReadModelUnavailable(Exception):
-    """The database cannot answer now; nothing was acknowledged, so everything stays pending."""
-
-
 class MalformedDocument(Exception):
     """A document in the collection is not what the projector writes there (edited by hand, or written by
     something else): reported by what it is, never trusted. ``detail`` names it in one line."""

@@ -28,12 +28,12 @@ from projector.partition_log import GroupMissing, PartitionLog
 from projector.partitions import Backoff, Outages, Partition, describe
 from projector.processor import BatchReport, Processor
 from projector.projection import History, LogEntry
-from projector.read_model import ReadModel, ReadModelUnavailable
+from projector.read_model import ReadModel
 from projector.recovery import Recovery
 from projector.settings import ProjectorSettings
 from projector.store_identity import ForeignStore, StoreIdentity
 from projector.subscription import ConsumerGroup
-from shared.errors import StoreUnavailable
+from shared.errors import ReadModelUnavailable, StoreUnavailable
 
 log = logging.getLogger("ledgerstream.projector")
 T = TypeVar("T")

@@ -215,7 +215,8 @@ class OutcomeUnknown(StoreUnavailable):
 
 
 class ReadModelUnavailable(LedgerError):
-    """The read model (MongoDB) cannot answer a query now. Writes and the Redis-served reads still work."""
+    """The read model (MongoDB) cannot answer now: a query is a 503 (writes and the Redis-served reads still
+    work); the projector acknowledges nothing, so everything it was applying stays pending."""
 
     code = "read-model-unavailable"
     title = "Read model unavailable"

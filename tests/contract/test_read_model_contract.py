@@ -17,11 +17,11 @@ from projector.read_model import (
     CheckpointWrite,
     MalformedDocument,
     ReadModel,
-    ReadModelUnavailable,
     Repair,
     document,
 )
 from shared.account import Account
+from shared.errors import ReadModelUnavailable
 from shared.events import RecordedEvent
 from shared.principal import Owner
 from tests.support.memory_read_model import InMemoryReadModel

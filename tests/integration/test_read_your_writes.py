@@ -110,6 +110,35 @@ def test_a_query_with_the_tokens_of_its_writes_sees_them(projector: Projector) -
     assert {a["id"]: a["funds"] for a in _body(listed)["accounts"]}["rw-1"] == "10.25"
 
 
+def test_statements_and_listings_page_through_everything_once(projector: Projector) -> None:
+    projector.start()
+    tokens = [_token(call("create_account", f"page-{n}")) for n in range(3)]
+    for cents in range(1, 8):
+        tokens.append(_token(call("deposit", "page-1", {"amount": f"0.{cents:02d}"})))
+    seen, cursor, pages = [], None, 0
+    while True:
+        page = call("statement", "page-1", query={"limit": "2", **({"cursor": cursor} if cursor else {})},
+                    **_with(tokens))
+        assert page["statusCode"] == 200, page
+        body = _body(page)
+        seen += [(t["version"], t["funds"]) for t in body["transactions"]]
+        pages, cursor = pages + 1, body["next_cursor"]
+        if cursor is None:
+            break
+    assert pages == 4 and [v for v, _ in seen] == list(range(2, 9))
+    assert seen[-1][1] == "0.28" and body["closing_funds"] == "0.28"
+    ids, cursor = [], None
+    while True:
+        page = _body(call("list_accounts", query={"limit": "1", **({"cursor": cursor} if cursor else {})},
+                          **_with(tokens)))
+        ids += [a["id"] for a in page["accounts"]]
+        if (cursor := page["next_cursor"]) is None:
+            break
+    assert [i for i in ids if i.startswith("page-")] == ["page-0", "page-1", "page-2"]
+    rich = _body(call("list_accounts", query={"min_funds": "0.10"}, **_with(tokens)))["accounts"]
+    assert [a["id"] for a in rich] == ["page-1"]
+
+
 def test_without_the_projector_the_query_is_a_503_or_marked_stale_and_then_it_is_reached(
         projector: Projector, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("QUERY_WAIT_SECONDS", "0.3")

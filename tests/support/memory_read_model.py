@@ -16,7 +16,6 @@ from projector.read_model import (
     CheckpointWrite,
     Document,
     ReadModel,
-    ReadModelUnavailable,
     Repair,
     WriteResult,
     checkpoint_document,
@@ -29,6 +28,7 @@ from projector.read_model import (
     timestamp,
 )
 from projector.statements import Transaction, transaction_document
+from shared.errors import ReadModelUnavailable
 from shared.money import format_minor
 from shared.read_model_layout import checkpoint_id, transactions_name
 

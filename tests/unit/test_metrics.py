@@ -14,7 +14,6 @@ from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from projector import emf_reporter
 from projector.health import Health
 from projector.metrics import registry
-from projector.read_model import ReadModelUnavailable
 from projector.status import PartitionStatus
 from shared import metrics
 from shared.account import Account, AssignOwner, Deposit, OpenAccount, Withdraw
@@ -22,7 +21,7 @@ from shared.api import Dependencies
 from shared.auth import OpenAccess
 from shared.config import ConfigError, Settings, load_settings
 from shared.emf_metrics import EmfMetrics
-from shared.errors import InsufficientFunds, OutcomeUnknown, StoreUnavailable, VersionConflict
+from shared.errors import InsufficientFunds, OutcomeUnknown, ReadModelUnavailable, StoreUnavailable, VersionConflict
 from shared.event_store import AppendOutcome, AppendUnknown, Conflict, IdempotencyWrite, Loaded
 from shared.events import NewEvent
 from shared.principal import ANONYMOUS, Owner
