@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import os
 import platform
+import secrets
 import subprocess
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -64,6 +65,8 @@ def _no_authentication_unless_asked() -> None:
     for name in [n for n in os.environ if n.startswith("AUTH_")]:
         del os.environ[name]
     os.environ["AUTH_MODE"] = "none"
+    # The service refuses to start without a key for its consistency tokens: the benchmarks' own.
+    os.environ["CONSISTENCY_TOKEN_SECRET"] = secrets.token_urlsafe(32)
 
 
 def main(argv: list[str] | None = None) -> int:
