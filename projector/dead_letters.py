@@ -10,8 +10,9 @@ from typing import Any
 
 import redis
 
-from projector.partition_log import redis_errors, text
+from projector.partition_log import redis_errors
 from shared.keys import KeySpace
+from shared.redis_client import text
 
 #: The fields parking adds to a parked entry, beside the original entry's own.
 PARKING_FIELDS = (b"original_id", b"error", b"deliveries", b"parked_at", b"group")

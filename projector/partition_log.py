@@ -19,7 +19,7 @@ from redis.exceptions import OutOfMemoryError, RedisClusterException, ResponseEr
 from projector.projection import LogEntry
 from shared.errors import CorruptHistory, StoreFull, StoreUnavailable
 from shared.keys import KeySpace
-from shared.redis_client import UNAVAILABLE_ERRORS
+from shared.redis_client import UNAVAILABLE_ERRORS, text
 from shared.stream_codec import decode_mapping
 
 
@@ -62,10 +62,6 @@ def to_entry(partition: int, entry_id: str, fields: dict[bytes, bytes]) -> LogEn
         return LogEntry(partition, entry_id, fields, decode_mapping(fields))
     except CorruptHistory as exc:
         return LogEntry(partition, entry_id, fields, None, exc.detail)
-
-
-def text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value or "")
 
 
 class PartitionLog:

@@ -17,10 +17,11 @@ from typing import Any, NamedTuple
 import redis
 from redis.exceptions import NoScriptError, ResponseError
 
-from projector.partition_log import redis_errors, text, to_entry
+from projector.partition_log import redis_errors, to_entry
 from projector.partitions import LeaseLost
 from projector.projection import LogEntry
 from shared.keys import KeySpace
+from shared.redis_client import text
 
 # Settling an entry is announced on the partition's progress stream (a few entries kept): a query waiting for
 # its consistency token blocks on that stream, woken the moment something it waits for may have happened.

@@ -85,8 +85,9 @@ class ApiRequest(NamedTuple):
     query_repeats: frozenset[str] = frozenset()
     #: The route's template (API Gateway's ``resource``, ``/accounts/{id}``): what metrics are labelled with.
     route: str = metrics.UNMATCHED
-    #: Headers sent more than once, every value (``headers`` keeps one), by lower-cased name.
-    repeated_headers: Mapping[str, tuple[str, ...]] = {}
+    #: The event's ``multiValueHeaders`` as it came (every value of a header sent more than once; ``headers``
+    #: keeps one): looked through only by the routes that take such a header, not on every request.
+    multi_headers: Mapping[str, Any] = {}
     #: Who sent it, once ``serve`` has authenticated it (until then: nobody, with no scope).
     principal: Principal = NOBODY
 
@@ -103,7 +104,6 @@ class ApiRequest(NamedTuple):
         else:
             body = raw_body.encode("utf-8", "surrogatepass")
         multi_query = event.get("multiValueQueryStringParameters")
-        multi_headers = event.get("multiValueHeaders")
         return cls(
             method=str(event.get("httpMethod") or "GET").upper(),
             path=str(event.get("path") or "/"),
@@ -115,8 +115,7 @@ class ApiRequest(NamedTuple):
             query_repeats=frozenset(str(k) for k, v in multi_query.items() if isinstance(v, list) and len(v) > 1)
             if multi_query else _NO_REPEATS,
             route=str(event.get("resource") or metrics.UNMATCHED),
-            repeated_headers={str(k).lower(): tuple(str(x) for x in v) for k, v in multi_headers.items()
-                              if isinstance(v, list) and len(v) > 1} if multi_headers else {},
+            multi_headers=event.get("multiValueHeaders") or {},
         )
 
     def header(self, name: str) -> str | None:
@@ -125,8 +124,9 @@ class ApiRequest(NamedTuple):
     def header_values(self, name: str) -> tuple[str, ...]:
         """Every value of a header that may be sent more than once (none when it was not sent)."""
         lowered = name.lower()
-        if lowered in self.repeated_headers:
-            return self.repeated_headers[lowered]
+        for key, values in self.multi_headers.items():
+            if str(key).lower() == lowered and isinstance(values, list) and len(values) > 1:
+                return tuple(str(v) for v in values)
         value = self.headers.get(lowered)
         return () if value is None else (value,)
 

@@ -14,7 +14,7 @@ from redis.exceptions import ResponseError
 from shared.consistency import LogPosition, entry_id_of, position_of
 from shared.keys import KeySpace
 from shared.queries import LogState
-from shared.redis_client import unavailable_as_store_error
+from shared.redis_client import text, unavailable_as_store_error
 
 #: Parked entries looked at per partition: they are parked in log order, so these are the oldest.
 PARKED_LOOKED_AT = 100
@@ -52,7 +52,7 @@ class RedisProjectionProgress:
             for partition in order:
                 pipe.execute_command("XREVRANGE", self._keys.progress(partition, self._group), "+", "-", "COUNT", 1)
             replies: list[Any] = pipe.execute()
-        return {partition: _text(reply[0][0]) if reply else "0-0" for partition, reply in zip(order, replies,
+        return {partition: text(reply[0][0]) if reply else "0-0" for partition, reply in zip(order, replies,
                                                                                                  strict=True)}
 
     def wait(self, partition: int, cursor: str, timeout: float) -> str:
@@ -64,17 +64,13 @@ class RedisProjectionProgress:
         if not found:
             return cursor
         entries = found[0][1] if isinstance(found, list) else next(iter(found.values()))[0]
-        return _text(entries[-1][0])
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+        return text(entries[-1][0])
 
 
 def _first_id(reply: Any) -> LogPosition | None:
     if isinstance(reply, Exception):
         raise reply
-    return position_of(_text(reply[0][0])) if reply else None
+    return position_of(text(reply[0][0])) if reply else None
 
 
 def _oldest_pending(reply: Any) -> LogPosition | None:
@@ -84,7 +80,7 @@ def _oldest_pending(reply: Any) -> LogPosition | None:
         raise reply
     # XPENDING's summary: [count, smallest id, greatest id, consumers] (a dict through some clients).
     smallest = reply.get("min") if isinstance(reply, dict) else reply[1]
-    return None if not smallest else position_of(_text(smallest))
+    return None if not smallest else position_of(text(smallest))
 
 
 def _parked(reply: Any) -> tuple[LogPosition, ...]:
@@ -95,5 +91,5 @@ def _parked(reply: Any) -> tuple[LogPosition, ...]:
         values = fields if isinstance(fields, dict) else dict(zip(fields[::2], fields[1::2], strict=True))
         original = values.get(b"original_id") or values.get("original_id")
         if original:
-            found.append(position_of(_text(original)))
+            found.append(position_of(text(original)))
     return tuple(sorted(found))

@@ -145,6 +145,11 @@ def describe_redis(settings: Settings) -> str:
     return f"Redis {where.scheme}://{address}, key prefix {settings.key_prefix!r}"
 
 
+def text(value: object) -> str:
+    """A reply's string, whether the client decoded it or not (None and missing fields as "")."""
+    return value.decode() if isinstance(value, bytes) else str(value or "")
+
+
 def is_cluster(client: object) -> bool:
     return isinstance(client, redis.RedisCluster)
 

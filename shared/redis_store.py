@@ -42,6 +42,7 @@ from shared.redis_client import (
     ScriptRunner,
     SendingScripts,
     is_cluster,
+    text,
     unavailable_as_store_error,
 )
 from shared.stream_codec import decode_entries, encode, lua_fields
@@ -122,7 +123,7 @@ class RedisEventStore:
         partition = self._keys.partition_of(account_id)
         with unavailable_as_store_error():
             last: Any = self._run.raw("XREVRANGE", self._keys.partition_log(partition), "+", "-", "COUNT", 1)
-        return Position(partition, _text(last[0][0]) if last else "0-0")
+        return Position(partition, text(last[0][0]) if last else "0-0")
 
     def confirm_durable(self, account_id: str) -> None:
         """With ``wait_replicas``, write to the partition's sync key and WAIT on the same connection: replicas
@@ -208,14 +209,10 @@ def append_arguments(keys: KeySpace, ttl: int, account_id: str, expected_version
     return script_keys, args
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _outcome(reply: Any, partition: int) -> AppendOutcome:
     status = reply[0]
     if status == b"ok":
-        return Appended(int(reply[1]), Position(partition, _text(reply[2])))
+        return Appended(int(reply[1]), Position(partition, text(reply[2])))
     if status == b"conflict":
         return Conflict(int(reply[1]))
     if status == b"duplicate":

@@ -64,3 +64,23 @@ def test_too_many_tokens_are_refused() -> None:
 def test_a_short_secret_is_refused() -> None:
     with pytest.raises(ValueError, match="at least 32"):
         ConsistencyTokens("short", "ledger", 16)
+
+
+def test_a_query_reads_a_repeated_header_and_prefer_allow_stale() -> None:
+    from shared import api
+    from shared.http import ApiRequest
+    from shared.queries import Consistency
+    from tests.support.memory import memory_dependencies
+
+    deps = memory_dependencies()
+    assert deps.tokens is not None
+    first, second = deps.tokens.issue(Position(1, "5-0")), deps.tokens.issue(Position(2, "7-0"))
+    request = ApiRequest.from_event({
+        "httpMethod": "GET", "path": "/accounts",
+        "headers": {"Consistency-Token": second, "Prefer": "return=minimal, allow-stale"},
+        "multiValueHeaders": {"Consistency-Token": [first, second], "Prefer": ["return=minimal, allow-stale"]}})
+    wanted, merged = api.consistency(request, deps)
+    assert wanted.wanted == {1: (5, 0), 2: (7, 0)} and wanted.allow_stale
+    assert merged is not None and deps.tokens.read([merged]) == {1: (5, 0), 2: (7, 0)}
+    plain = ApiRequest.from_event({"httpMethod": "GET", "path": "/accounts", "headers": {}})
+    assert api.consistency(plain, deps) == (Consistency({}), None)
