@@ -53,9 +53,10 @@ class ConsistencyTokens:
         self._partitions = partitions
 
     def issue(self, positions: Mapping[int, LogPosition] | Position) -> str:
-        if isinstance(positions, Position):
-            positions = {positions.partition: position_of(positions.entry_id)}
-        text = ",".join(f"{p}:{entry_id_of(positions[p])}" for p in sorted(positions))
+        if isinstance(positions, Position):  # every write's: its entry id is already "<ms>-<seq>"
+            text = f"{positions.partition}:{positions.entry_id}"
+        else:
+            text = ",".join(f"{p}:{entry_id_of(positions[p])}" for p in sorted(positions))
         body = _b64(text.encode())
         return f"{VERSION}.{body}.{self._sign(body)}"
 
@@ -91,7 +92,7 @@ class ConsistencyTokens:
         return positions
 
     def _sign(self, body: str) -> str:
-        return _b64(hmac.new(self._key, f"{VERSION}.{body}".encode(), hashlib.sha256).digest())
+        return _b64(hmac.digest(self._key, f"{VERSION}.{body}".encode(), "sha256"))
 
 
 def _b64(raw: bytes) -> str:
