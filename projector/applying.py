@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from projector import projection
 from projector.projection import Current, History, LogEntry, entry_position
 from projector.read_model import CheckpointWrite, ReadModel, Repair
-from projector.statements import transactions
+from projector.statements import MONEY_EVENTS, transactions
 from shared import account
 from shared.errors import CorruptHistory
 
@@ -49,6 +49,25 @@ def repair_from_stream(history: History, account_id: str, partition: int, entrie
                   transactions(account_id, events))
 
 
+def restore_transactions(done: Sequence[LogEntry], model: ReadModel, history: History) -> None:
+    """The transactions of redelivered entries that the read model lacks: an account's document is written
+    before its transactions, so a crash in between leaves the document ahead and the entries unacknowledged.
+    Their redelivery finds the document done; the transactions are folded from the account's stream here, before
+    anything acknowledges them. (One lookup per batch with redeliveries; a stream read only for a gap.)"""
+    wanted = {(e.event.account_id, e.event.version) for e in done
+              if e.event is not None and e.event.type in MONEY_EVENTS}
+    missing = model.missing_transactions(wanted) if wanted else set()
+    for account_id in sorted({account_id for account_id, _ in missing}):
+        upto = max(version for owner, version in missing if owner == account_id)
+        try:
+            found = transactions(account_id, history(account_id, 0, upto))
+        except CorruptHistory as exc:  # the document was folded from it: only a stream changed since would do
+            log.error("cannot restore the transactions of %s from its stream: %s", account_id, exc.detail,
+                      extra={"fields": {"account_id": account_id}})
+            continue
+        model.put_transactions(t for t in found if (account_id, t.version) in missing)
+
+
 @dataclass(slots=True)
 class Applied:
     #: Entries written now, by their account's version-guarded write.
@@ -72,6 +91,8 @@ class Applied:
 
 def write_plan(plan: projection.Plan, model: ReadModel, history: History,
                checkpoints: Sequence[CheckpointWrite] = ()) -> Applied:
+    if plan.done:
+        restore_transactions(plan.done, model, history)
     repairs = [r for r in (repair_from_stream(history, account_id, group[0].partition, group)
                            for account_id, (_, group) in plan.diverged.items()) if r is not None]
     for account_id, (reason, _) in plan.diverged.items():

@@ -87,12 +87,13 @@ class MongoReadModel:
 
     def write(self, writes: Sequence[AccountWrite], checkpoints: Sequence[CheckpointWrite] = (),
               repairs: Sequence[Repair] = ()) -> WriteResult:
-        # Transactions first: a document that moved on without them would have them never written again.
+        applied, refused = self._write_guarded(writes) if writes else (set(), {})
+        # After the documents, so the statements cost the accounts' latency nothing; a document that moved on
+        # without its transactions (a crash in between) gets them from its redelivery (``applying``).
         with unavailable_as_error():
-            self._transactions.put(t for w in writes for t in w.transactions)
+            self._transactions.put(t for w in writes if w.after.id in applied for t in w.transactions)
             self._transactions.replace([r.account_id for r in repairs],
                                        (t for r in repairs if r.state is not None for t in r.transactions))
-        applied, refused = self._write_guarded(writes) if writes else (set(), {})
         settle: list[Operation] = [self._repair(r) for r in repairs]
         settle += [self._checkpoint(c) for c in checkpoints if c.expected is None]
         guarded = [self._checkpoint(c) for c in checkpoints if c.expected is not None]
@@ -108,6 +109,10 @@ class MongoReadModel:
     def put_transactions(self, transactions: Iterable[Transaction]) -> None:
         with unavailable_as_error():
             self._transactions.put(transactions)
+
+    def missing_transactions(self, wanted: set[tuple[str, int]]) -> set[tuple[str, int]]:
+        with unavailable_as_error():
+            return self._transactions.missing(wanted)
 
     def transactions(self, account_id: str) -> list[Document]:
         with unavailable_as_error():

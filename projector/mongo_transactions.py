@@ -13,7 +13,7 @@ from pymongo.collection import Collection
 from projector.mongo_connection import stored
 from projector.read_model import Document
 from projector.statements import Transaction, transaction_document
-from shared.read_model_layout import TRANSACTION_INDEXES
+from shared.read_model_layout import TRANSACTION_INDEXES, transaction_id
 
 
 class MongoTransactions:
@@ -34,6 +34,11 @@ class MongoTransactions:
     def forget(self, accounts: Sequence[str]) -> None:
         if accounts:
             self._collection.delete_many({"account_id": {"$in": list(accounts)}})
+
+    def missing(self, wanted: set[tuple[str, int]]) -> set[tuple[str, int]]:
+        ids = {transaction_id(account_id, version): (account_id, version) for account_id, version in wanted}
+        found = {doc["_id"] for doc in self._collection.find({"_id": {"$in": list(ids)}}, {"_id": 1})}
+        return {key for doc_id, key in ids.items() if doc_id not in found}
 
     def of(self, account_id: str) -> list[Document]:
         return list(self._collection.find({"account_id": account_id}).sort("version", 1))

@@ -83,7 +83,7 @@ class AccountWrite:
     event_ids: list[str]
     #: The log entries this write settles (acknowledged once it is stored).
     entries: list[LogEntry]
-    #: The money movements among the new versions, for the statements (written before the document).
+    #: The money movements among the new versions, for the statements (written once the document is).
     transactions: list[Transaction] = field(default_factory=list)
 
     @property

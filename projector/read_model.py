@@ -135,6 +135,8 @@ class ReadModel(Protocol):
 
     def put_transactions(self, transactions: Iterable[Transaction]) -> None: ...  # each is idempotent
 
+    def missing_transactions(self, wanted: set[tuple[str, int]]) -> set[tuple[str, int]]: ...  # (account, version)
+
     def ensure_indexes(self) -> None:  # those of ``read_model_layout``: cheap when they exist
         ...
 

@@ -7,9 +7,11 @@ statements are served from::
     {_id: "alice#000000000007", account_id: "alice", version: 7, event_id, type: "FundsDeposited",
      amount_minor: 500, balance_minor: 1200, at: <date>}
 
-A transaction is a fact of one version of one account, so writing it again writes the same document: it is
-written before its account's document moves (a crash between the two leaves it there for the redelivery to
-write again), and a repair replaces an account's transactions with those of its stream.
+A transaction is a fact of one version of one account, so writing it again writes the same document. It is
+written right after its account's document moved (so the statements add nothing to the documents' latency)
+and before anything is acknowledged: a crash in between leaves the document ahead and the entries pending,
+and their redelivery, finding the document done, folds the missing transactions from the account's stream
+(``applying.restore_transactions``). A repair replaces an account's transactions with those of its stream.
 
 Checkpoints live next to the documents on purpose: whatever wipes or restores the collection wipes or restores
 them with it, so the projector can tell that the read model went back in time. Every account write is guarded

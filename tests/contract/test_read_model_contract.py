@@ -20,6 +20,7 @@ from projector.read_model import (
     Repair,
     document,
 )
+from projector.statements import Transaction
 from shared.account import Account
 from shared.errors import ReadModelUnavailable
 from shared.events import RecordedEvent
@@ -70,6 +71,26 @@ class ReadModelContract:
         again = model.write([_write("acc", 0, 1, 100)])  # an older write of a version the document passed
         assert again.applied == {"acc"}  # decided by the stored version, not by counts
         assert model.current(["acc"])["acc"].state.version == 2
+
+    def test_transactions_are_written_with_applied_documents_only_and_replaced_by_repairs(
+            self, model: ReadModel) -> None:
+        def moved(account_id: str, version: int, balance: int) -> Transaction:
+            return Transaction(account_id, version, f"ev-{account_id}-{version}", "FundsDeposited", 100, balance,
+                               "2026-11-28T12:00:00.000000Z")
+
+        first = _write("acc", 0, 2, 200)
+        first.transactions = [moved("acc", 1, 100), moved("acc", 2, 200)]
+        model.write([first])
+        stale = _write("acc", 1, 3, 999)  # refused by the version guard: its transactions are not written
+        stale.transactions = [moved("acc", 3, 999)]
+        model.write([stale])
+        assert [(d["version"], d["balance_minor"]) for d in model.transactions("acc")] == [(1, 100), (2, 200)]
+        assert model.missing_transactions({("acc", 2), ("acc", 3), ("other", 1)}) == {("acc", 3), ("other", 1)}
+        model.put_transactions([moved("acc", 2, 200)])  # the same fact again changes nothing
+        assert len(model.transactions("acc")) == 2
+        model.write((), (), [Repair("acc", Account("acc", 50, 2), ["ev-acc-1", "ev-acc-2"], 1, (0, 0),
+                                    [moved("acc", 2, 50)])])
+        assert [(d["version"], d["balance_minor"]) for d in model.transactions("acc")] == [(2, 50)]
 
     def test_repairs_replace_or_delete(self, model: ReadModel) -> None:
         model.write([_write("acc", 0, 2, 200), _write("gone", 0, 1, 100)])

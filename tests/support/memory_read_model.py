@@ -30,7 +30,7 @@ from projector.read_model import (
 from projector.statements import Transaction, transaction_document
 from shared.errors import ReadModelUnavailable
 from shared.money import format_minor
-from shared.read_model_layout import checkpoint_id, transactions_name
+from shared.read_model_layout import checkpoint_id, transaction_id, transactions_name
 
 
 class Database:
@@ -94,8 +94,6 @@ class InMemoryReadModel:
               repairs: Sequence[Repair] = ()) -> WriteResult:
         with self._db.lock:
             docs, txs = self._docs, self._txs
-            for write in writes:
-                txs.update((d["_id"], d) for d in map(transaction_document, write.transactions))
             for repair in repairs:
                 for key in [k for k, d in txs.items() if d["account_id"] == repair.account_id]:
                     del txs[key]
@@ -106,6 +104,9 @@ class InMemoryReadModel:
             applied |= {w.after.id for w in writes
                         if isinstance(docs.get(w.after.id, {}).get("version"), int)
                         and docs[w.after.id]["version"] >= w.after.version}
+            for write in writes:
+                if write.after.id in applied:
+                    txs.update((d["_id"], d) for d in map(transaction_document, write.transactions))
             for repair in repairs:
                 if repair.state is None:
                     if "kind" not in docs.get(repair.account_id, {"kind": 1}):
@@ -177,6 +178,10 @@ class InMemoryReadModel:
     def put_transactions(self, transactions: Iterable[Transaction]) -> None:
         with self._db.lock:
             self._txs.update((d["_id"], d) for d in map(transaction_document, transactions))
+
+    def missing_transactions(self, wanted: set[tuple[str, int]]) -> set[tuple[str, int]]:
+        with self._db.lock:
+            return {key for key in wanted if transaction_id(*key) not in self._txs}
 
     def ensure_indexes(self) -> None:
         _ = self._docs  # nothing to index in memory; an outage is still one

@@ -11,19 +11,23 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 import redis
 from pymongo import MongoClient
+from pymongo.collection import Collection
 
 from projector.read_model import ReadModel
 from projector.runner import Runner
 from projector.settings import ProjectorSettings
+from projector.statements import transactions
 from projector.wiring import assemble
 from shared import account
 from shared.keys import KeySpace
 from shared.money import format_minor
+from shared.read_model_layout import transactions_name
 from shared.stream_codec import decode_entries
 
 COLLECTION = "accountCollection"
@@ -80,7 +84,12 @@ def read_model(mongo_uri: str, database: str, collection: str = COLLECTION) -> d
 
 def assert_read_model_matches(client: redis.Redis, keys: KeySpace, mongo_uri: str, database: str,
                               collection: str = COLLECTION) -> dict[str, dict[str, Any]]:
-    return assert_documents_match(client, keys, read_model(mongo_uri, database, collection))
+    docs = assert_documents_match(client, keys, read_model(mongo_uri, database, collection))
+    mongo: MongoClient[dict[str, Any]]
+    with MongoClient(mongo_uri) as mongo:
+        stored: Collection[dict[str, Any]] = mongo[database][transactions_name(collection)]
+        assert_transactions_match(client, keys, lambda a: list(stored.find({"account_id": a}).sort("version", 1)))
+    return docs
 
 
 def assert_documents_match(client: redis.Redis, keys: KeySpace, docs: dict[str, dict[str, Any]]
@@ -97,6 +106,18 @@ def assert_documents_match(client: redis.Redis, keys: KeySpace, docs: dict[str, 
         kept = doc["event_ids"]
         assert kept == [e.event_id for e in events][-len(kept):], f"{account_id}: other events than its stream"
     return docs
+
+
+def assert_transactions_match(client: redis.Redis, keys: KeySpace,
+                              transactions_of: Callable[[str], list[dict[str, Any]]]) -> None:
+    """Every account's transactions in the read model are its stream's deposits and withdrawals, each with the
+    balance after it."""
+    for account_id in expected_from_streams(client, keys):
+        events = decode_entries(client.xrange(keys.stream(account_id)))
+        want = [(t.version, t.event_id, t.amount_minor, t.balance_minor) for t in transactions(account_id, events)]
+        have = [(d["version"], d["event_id"], d["amount_minor"], d["balance_minor"])
+                for d in transactions_of(account_id)]
+        assert have == want, f"{account_id}: its transactions differ from its stream's"
 
 
 def group_drained(client: redis.Redis, keys: KeySpace, group: str) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -20,6 +20,7 @@ from projector.partition_log import to_entry
 from projector.runner import Runner
 from shared import account
 from shared.account import Deposit, OpenAccount
+from shared.errors import ReadModelUnavailable
 from shared.events import RecordedEvent
 from shared.keys import KeySpace
 from shared.principal import ANONYMOUS
@@ -27,7 +28,14 @@ from shared.redis_store import RedisEventStore
 from shared.service import AccountService, CommandContext
 from tests.support.events import new_event
 from tests.support.memory_read_model import InMemoryReadModel
-from tests.support.readmodel import assert_documents_match, drain, group_drained, make_projector, settings
+from tests.support.readmodel import (
+    assert_documents_match,
+    assert_transactions_match,
+    drain,
+    group_drained,
+    make_projector,
+    settings,
+)
 from tests.support.waiting import wait_until
 
 KEYS = KeySpace("fast", 4)
@@ -53,6 +61,7 @@ class World:
     def matches(self) -> bool:
         try:
             assert_documents_match(self.client, KEYS, self.model.documents())
+            assert_transactions_match(self.client, KEYS, self.model.transactions)
         except AssertionError:
             return False
         return group_drained(self.client, KEYS, "projector")
@@ -278,3 +287,30 @@ def test_the_memo_is_bounded_and_forgotten_after_an_outage() -> None:
     assert [partition.written.get(n) is not None for n in ("a", "b", "c")] == [False, True, True]
     partition.rewind()
     assert partition.written.get("c") is None
+
+
+class CrashesBetweenDocumentAndTransactions(InMemoryReadModel):
+    """Writes the documents of its first batch, then fails before their transactions, as a crash would."""
+
+    crashed = False
+
+    def write(self, writes: Any, checkpoints: Any = (), repairs: Any = ()) -> Any:
+        if writes and not self.crashed:
+            self.crashed = True
+            super().write([replace(w, transactions=[]) for w in writes])
+            raise ReadModelUnavailable("crashed between the documents and their transactions")
+        return super().write(writes, checkpoints, repairs)
+
+
+def test_a_crash_between_a_document_and_its_transactions_is_mended_by_the_redelivery(world: World) -> None:
+    world.model = CrashesBetweenDocumentAndTransactions(kept=5)
+    world.open("acct", deposits=3)
+    projector = world.projector(stall_seconds=30)
+    runner = threading.Thread(target=projector.run)
+    runner.start()
+    try:
+        wait_until(world.matches, 10, "the transactions restored from the stream on redelivery")
+    finally:
+        projector.stop()
+        runner.join(10)
+    assert world.model.crashed and [t["version"] for t in world.model.transactions("acct")] == [2, 3, 4]
