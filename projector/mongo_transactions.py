@@ -9,8 +9,9 @@ from itertools import islice
 
 from pymongo import ReplaceOne
 from pymongo.collection import Collection
+from pymongo.errors import BulkWriteError
 
-from projector.mongo_connection import stored
+from projector.mongo_connection import DUPLICATE_KEY, stored
 from projector.read_model import Document
 from projector.statements import Transaction, transaction_document
 from shared.read_model_layout import TRANSACTION_INDEXES, transaction_id
@@ -21,10 +22,19 @@ class MongoTransactions:
         self._collection = collection
 
     def put(self, transactions: Iterable[Transaction], chunk: int = 1000) -> None:
-        ops = (ReplaceOne({"_id": doc["_id"]}, doc, upsert=True)
-               for doc in map(stored, map(transaction_document, transactions)))
-        while batch := list(islice(ops, chunk)):
-            self._collection.bulk_write(batch, ordered=False)
+        """Inserted, as nearly all are new; one already there is replaced by this one (the stream's word), so
+        writing again heals a document a hand or a lost history changed."""
+        docs = map(stored, map(transaction_document, transactions))
+        while batch := list(islice(docs, chunk)):
+            try:
+                self._collection.insert_many(batch, ordered=False)
+            except BulkWriteError as exc:
+                errors = exc.details.get("writeErrors", [])
+                if any(e.get("code") != DUPLICATE_KEY for e in errors):
+                    raise
+                there = [batch[e["index"]] for e in errors]
+                self._collection.bulk_write([ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in there],
+                                            ordered=False)
 
     def replace(self, accounts: Sequence[str], transactions: Iterable[Transaction]) -> None:
         """Every transaction of ``accounts`` becomes those of ``transactions``."""

@@ -88,9 +88,12 @@ class ReadModelContract:
         assert model.missing_transactions({("acc", 2), ("acc", 3), ("other", 1)}) == {("acc", 3), ("other", 1)}
         model.put_transactions([moved("acc", 2, 200)])  # the same fact again changes nothing
         assert len(model.transactions("acc")) == 2
+        model.put_transactions([moved("acc", 2, 201), moved("acc", 4, 300)])  # written again: the new word stands
+        assert [(d["version"], d["balance_minor"]) for d in model.transactions("acc")] == [(1, 100), (2, 201),
+                                                                                           (4, 300)]
         model.write((), (), [Repair("acc", Account("acc", 50, 2), ["ev-acc-1", "ev-acc-2"], 1, (0, 0),
                                     [moved("acc", 2, 50)])])
-        assert [(d["version"], d["balance_minor"]) for d in model.transactions("acc")] == [(2, 50)]
+        assert [(d["version"], d["balance_minor"]) for d in model.transactions("acc")] == [(2, 50)]  # 1, 4 gone
 
     def test_repairs_replace_or_delete(self, model: ReadModel) -> None:
         model.write([_write("acc", 0, 2, 200), _write("gone", 0, 1, 100)])
