@@ -47,8 +47,10 @@ class ConsistencyTokens:
     def __init__(self, secret: str, prefix: str, partitions: int) -> None:
         if len(secret) < 32:
             raise ValueError("a consistency-token secret must be at least 32 characters")
-        self._key = hmac.new(secret.encode(), f"ledgerstream consistency {prefix} {partitions}".encode(),
-                             hashlib.sha256).digest()  # a key of this deployment's own, derived once
+        key = hmac.new(secret.encode(), f"ledgerstream consistency {prefix} {partitions}".encode(),
+                       hashlib.sha256).digest()  # a key of this deployment's own, derived once
+        # Keyed once: each signature copies it (a fresh HMAC re-derives its pads from the key every time).
+        self._mac = hmac.new(key, digestmod=hashlib.sha256)
         self._partitions = partitions
 
     def issue(self, positions: Mapping[int, LogPosition] | Position) -> str:
@@ -86,4 +88,6 @@ class ConsistencyTokens:
         return positions
 
     def _sign(self, body: str) -> str:
-        return hmac.digest(self._key, f"{VERSION}.{body}".encode(), "sha256").hex()
+        mac = self._mac.copy()
+        mac.update(f"{VERSION}.{body}".encode())
+        return mac.hexdigest()
