@@ -8,8 +8,8 @@ into one by taking each partition's furthest position: a client that sends every
 all of its writes, and a query answers with the merged token.
 
 Wire form: ``v1.<positions>.<signature>``: ``<positions>`` is ``<partition>_<ms>-<seq>`` items joined by "~",
-the signature the HMAC's first 128 bits in hex. Every character is one HTTP lets a header value carry, and none is a comma, so
-tokens can be joined with commas. Pure: no I/O.
+the signature the HMAC's first 128 bits in hex. Every character is one HTTP lets a header value carry, and
+none is a comma, so tokens can be joined with commas. Pure: no I/O.
 """
 
 from __future__ import annotations
