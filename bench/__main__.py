@@ -1,7 +1,7 @@
 """``python -m bench [name ...]``: run the benchmarks (all by default) and print a results table.
 
 Names: handler, http, instructions, telemetry, store-size, history, append, cold-start, projector, takeover,
-lag, durability, scale-out, record-size.
+lag, durability, scale-out, record-size, ryw, queries.
 Each figure is printed next to the limit it is compared with, measured in the same run, and each run ends
 with a correctness check.
 """
@@ -25,6 +25,7 @@ from bench import (
     inprocess,
     instructions,
     projector_load,
+    queries,
     record_size,
     scale_out,
     telemetry,
@@ -45,6 +46,8 @@ BENCHMARKS: dict[str, Callable[[], Any]] = {
     "durability": durability.durability_costs,
     "scale-out": scale_out.scale_out,
     "record-size": record_size.record_size,
+    "ryw": queries.read_your_writes_wait,
+    "queries": queries.query_throughput,
 }
 
 

@@ -31,7 +31,7 @@ LEASE_TTL_SECONDS = 5
 
 
 @contextmanager
-def _mongo() -> Iterator[MongoStandIn]:
+def mongo_standin() -> Iterator[MongoStandIn]:
     with tempfile.TemporaryDirectory() as tmp:
         mongo = MongoStandIn(Path(tmp) / "nx").start()
         try:
@@ -40,7 +40,7 @@ def _mongo() -> Iterator[MongoStandIn]:
             mongo.stop()
 
 
-def _env(target: RedisTarget, keys: KeySpace, mongo: MongoStandIn, database: str, group: str,
+def projector_env(target: RedisTarget, keys: KeySpace, mongo: MongoStandIn, database: str, group: str,
          name: str) -> dict[str, str]:
     return {**target.env(), "LEDGER_KEY_PREFIX": keys.prefix, "LEDGER_PARTITIONS": str(keys.partitions),
             "MONGODB_URI": mongo.uri, "MONGODB_DATABASE": database, "PROJECTOR_GROUP": group,
@@ -48,11 +48,11 @@ def _env(target: RedisTarget, keys: KeySpace, mongo: MongoStandIn, database: str
             "LOG_LEVEL": "WARNING"}
 
 
-def _replicas(count: int, env: dict[str, str]) -> list[ProjectorProcess]:
+def start_replicas(count: int, env: dict[str, str]) -> list[ProjectorProcess]:
     return [ProjectorProcess({**env, "PROJECTOR_NAME": f"{env['PROJECTOR_NAME']}{n}"}) for n in range(count)]
 
 
-def _stop(replicas: list[ProjectorProcess]) -> None:
+def stop_replicas(replicas: list[ProjectorProcess]) -> None:
     for replica in replicas:
         if replica.process.poll() is None:
             replica.terminate()
@@ -62,7 +62,7 @@ def backlog_throughput(events: int = 100_000, accounts: int = 1_000) -> list[Res
     """The same backlog projected from scratch by 1, 2 and 3 replicas (a fresh group and database each)."""
     per_account = events // accounts
     results = []
-    with redis_server() as server, _mongo() as mongo:
+    with redis_server() as server, mongo_standin() as mongo:
         target = RedisTarget("standalone", server.url)
         client = redis.Redis.from_url(server.url)
         keys = KeySpace("b7", 16)
@@ -70,13 +70,13 @@ def backlog_throughput(events: int = 100_000, accounts: int = 1_000) -> list[Res
         seconds: dict[int, float] = {}
         for count in (1, 2, 3):
             group, database = f"backlog{count}", f"backlog{count}"
-            replicas = _replicas(count, _env(target, keys, mongo, database, group, f"b{count}-"))
+            replicas = start_replicas(count, projector_env(target, keys, mongo, database, group, f"b{count}-"))
             started = time.perf_counter()
             try:
                 wait_until(partial(group_drained, client, keys, group), 1800, f"{count} replicas to drain")
                 seconds[count] = time.perf_counter() - started
             finally:
-                _stop(replicas)
+                stop_replicas(replicas)
             assert_read_model_matches(client, keys, mongo.uri, database)
         raw_s = _raw_bulk_write(mongo.uri, events)
     one = events / seconds[1]
@@ -121,12 +121,12 @@ def _owners(client: redis.Redis, keys: KeySpace, group: str) -> list[str | None]
 
 def takeover() -> Result:
     """SIGKILL one of 3 replicas: how long until every one of its partitions has a new owner."""
-    with redis_server() as server, _mongo() as mongo:
+    with redis_server() as server, mongo_standin() as mongo:
         target = RedisTarget("standalone", server.url)
         client = redis.Redis.from_url(server.url)
         keys = KeySpace("b7t", 16)
         seed_accounts(client, keys, [f"acct-{i}" for i in range(200)], 5)
-        replicas = _replicas(3, _env(target, keys, mongo, "takeover", "projector", "t"))
+        replicas = start_replicas(3, projector_env(target, keys, mongo, "takeover", "projector", "t"))
         try:
             wait_until(lambda: sorted(_count(_owners(client, keys, "projector")).values()) == [5, 5, 6], 60,
                        "3 replicas to share the partitions")
@@ -137,7 +137,7 @@ def takeover() -> Result:
                        "the takeover")
             seconds = time.perf_counter() - killed
         finally:
-            _stop(replicas)
+            stop_replicas(replicas)
     limit = LEASE_TTL_SECONDS + 2
     return report(Result("7c. takeover after SIGKILL of 1 of 3 replicas", f"{seconds:.2f} s until every partition "
                          "of the killed replica had a new owner", f"lease TTL {LEASE_TTL_SECONDS} s + 2 s",
@@ -189,20 +189,20 @@ def _lag(target: RedisTarget, rate: int, seconds: int, accounts: int,
          limits: tuple[float | None, float]) -> Result:
     lags: list[float] = []
     database = prefix = f"lag{rate}"
-    with _mongo() as mongo, wired(target.url, prefix, 16, **{k: v for k, v in target.env().items()
+    with mongo_standin() as mongo, wired(target.url, prefix, 16, **{k: v for k, v in target.env().items()
                                                               if k != "REDIS_URL"}):
         client = runtime.redis_client()
         keys = KeySpace(prefix, 16)
         ids = [f"acct-{i}" for i in range(accounts)]
         seed_accounts(client, keys, ids, 2)
-        replicas = _replicas(3, _env(target, keys, mongo, database, f"lag{rate}", "l"))
+        replicas = start_replicas(3, projector_env(target, keys, mongo, database, f"lag{rate}", "l"))
         try:
             wait_until(lambda: len(read_model(mongo.uri, database)) == accounts, 60, "the seeded accounts")
             # Measure the steady state: while the replicas still hand partitions to each other, a handed-back
             # partition waits up to TTL/4 for its next owner, and those start-up seconds would be the p99.
             wait_until(lambda: sorted(_count(_owners(client, keys, f"lag{rate}")).values()) == [5, 5, 6], 60,
                        "3 replicas to share the partitions")
-            watcher = _Watcher(mongo.uri, database, lags)
+            watcher = LagWatcher(mongo.uri, database, lags)
             watcher.start()
             events = [make_event("deposit", ids[n % accounts], {"amount": "1.00"}) for n in range(rate * seconds)]
             versions = dict.fromkeys(ids, 2)  # seeded: opened and one deposit
@@ -224,7 +224,7 @@ def _lag(target: RedisTarget, rate: int, seconds: int, accounts: int,
             watcher.stop()
             assert_read_model_matches(client, keys, mongo.uri, database)
         finally:
-            _stop(replicas)
+            stop_replicas(replicas)
     p50, p99 = percentile(lags, 0.5) * 1000, percentile(lags, 0.99) * 1000
     p50_limit, p99_limit = limits
     passed = p99 <= p99_limit and (p50_limit is None or p50 <= p50_limit)
@@ -239,7 +239,7 @@ def _lag(target: RedisTarget, rate: int, seconds: int, accounts: int,
          "correctness: every deposit reached the read model; it equals the streams"]))
 
 
-class _Watcher:
+class LagWatcher:
     """Records when each expected (account, version) first becomes visible in the read model, reading only the
     documents still awaited, so the watching costs little and sees a change within about a millisecond."""
 
