@@ -204,6 +204,8 @@ def _lag(target: RedisTarget, rate: int, seconds: int, accounts: int,
                        "3 replicas to share the partitions")
             watcher = LagWatcher(mongo.uri, database, lags)
             watcher.start()
+            logs = LogSampler(target.client(), keys)  # a client of its own: the handlers keep one connection
+            logs.start()
             events = [make_event("deposit", ids[n % accounts], {"amount": "1.00"}) for n in range(rate * seconds)]
             versions = dict.fromkeys(ids, 2)  # seeded: opened and one deposit
             cpu_before = _redis_cpu(target)
@@ -222,10 +224,13 @@ def _lag(target: RedisTarget, rate: int, seconds: int, accounts: int,
             wait_until(lambda: len(lags) >= len(events), 60, "every deposit to reach the read model")
             redis_us = (_redis_cpu(target) - cpu_before) / len(events) * 1e6
             watcher.stop()
+            logs.stop()
             assert_read_model_matches(client, keys, mongo.uri, database)
         finally:
             stop_replicas(replicas)
     p50, p99 = percentile(lags, 0.5) * 1000, percentile(lags, 0.99) * 1000
+    if rate >= 100:
+        _log_bound(target, rate, p99 / 1000, logs.longest, keys.partitions)
     p50_limit, p99_limit = limits
     passed = p99 <= p99_limit and (p50_limit is None or p50 <= p50_limit)
     target_text = f"p99 ≤ {p99_limit:.0f} ms" + (f", p50 ≤ {p50_limit:.0f} ms" if p50_limit else "")
@@ -237,6 +242,43 @@ def _lag(target: RedisTarget, rate: int, seconds: int, accounts: int,
          "the moment it is sent (a read of just the accounts still awaited, every millisecond)",
          f"Redis CPU {redis_us:.0f} µs per deposit, appends and projection together (every Redis process)",
          "correctness: every deposit reached the read model; it equals the streams"]))
+
+
+def _log_bound(target: RedisTarget, rate: int, lag_s: float, longest: int, partitions: int) -> Result:
+    """The partition logs under load hold no more than the projector's lag plus one trim interval of writes
+    (and each partition's checkpoint entry, which the trim keeps)."""
+    interval = LEASE_TTL_SECONDS / 4  # replicas trim on each lease tick
+    bound = rate * (lag_s + interval) + partitions
+    return report(Result(
+        f"7d. partition-log entries at {rate} writes/s, 3 replicas trimming, {target.topology}",
+        f"at most {longest:,} entries in all the logs (sampled every 50 ms)",
+        f"{bound:,.0f}: {rate}/s x (lag p99 {lag_s * 1000:.0f} ms + trim interval {interval:g} s) + {partitions} "
+        "checkpoint entries", longest / bound, "≤ 1", longest <= bound,
+        ["without trimming the logs would hold every event written (each deposit's entry stays)"]))
+
+
+class LogSampler:
+    """The total length of every partition log, sampled from outside while the load runs."""
+
+    def __init__(self, client: redis.Redis, keys: KeySpace) -> None:
+        self._client, self._keys = client, keys
+        self.longest = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            pipe = self._client.pipeline(transaction=False)
+            for partition in range(self._keys.partitions):
+                pipe.xlen(self._keys.partition_log(partition))
+            self.longest = max(self.longest, sum(int(n) for n in pipe.execute()))
 
 
 class LagWatcher:

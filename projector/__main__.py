@@ -126,7 +126,8 @@ def _command(args: argparse.Namespace, wiring: Wiring, settings: ProjectorSettin
     if args.command == "rebuild":
         if not args.adopt_store:
             wiring.identity.require_same("rebuild the read model")
-        done = maintenance.rebuild(wiring.log, wiring.model, wiring.history, settings.timestamps_kept,
+        done = maintenance.rebuild(wiring.log, wiring.model, wiring.history,
+                                   verification.stream_accounts(wiring.client, wiring.keys), settings.timestamps_kept,
                                    not args.no_progress)
         print(f"rebuilt {done.accounts} accounts from {done.events} events in {done.seconds:.1f}s "
               f"({done.refused} refused, {done.caught_up} applied while catching up)")

@@ -70,8 +70,8 @@ class Checkpoints:
                                       or found.event.event_id == progress.checkpoint_event):
                 kept.append(number)
                 continue
-            log.error("partition %d: the log no longer holds checkpoint %s; checking the read model against it "
-                      "now", number, progress.checkpoint,
+            log.error("partition %d: the log no longer holds checkpoint %s (trimmed while we were behind, or lost "
+                      "by Redis); checking the read model against it now", number, progress.checkpoint,
                       extra={"fields": {"partition": number, "divergence": "redis-behind"}})
             progress.forget()
             self._partitions[number].written.clear()

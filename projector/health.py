@@ -46,6 +46,8 @@ class Health:
     reprojected: int = 0
     #: Partitions taken from a replica that had not handed them back (killed, or cut off).
     takeovers: int = 0
+    #: Partition-log entries this replica trimmed, behind every group's checkpoint.
+    trimmed: int = 0
 
     def beat(self) -> None:
         self.last_beat = time.monotonic()

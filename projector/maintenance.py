@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from tqdm import tqdm
@@ -15,15 +15,15 @@ from projector.applying import apply_entries
 from projector.dead_letters import DeadLetters, ParkedEntry
 from projector.partition_log import PartitionLog, to_entry
 from projector.projection import History, entry_position
-from projector.read_model import (
-    CheckpointWrite,
-    ReadModel,
-    document,
-)
-from projector.statements import Transaction
+from projector.read_model import CheckpointWrite, Document, ReadModel, document
+from projector.recovery import resync_from_streams
+from projector.statements import transactions
+from shared import account
+from shared.errors import CorruptHistory
 
 log = logging.getLogger("ledgerstream.projector")
 _SCAN_COUNT = 5_000
+_INSERT_BATCH = 1_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,38 +35,50 @@ class RebuildReport:
     seconds: float
 
 
-def rebuild(partition_log: PartitionLog, live: ReadModel, history: History, kept: int,
+def rebuild(partition_log: PartitionLog, live: ReadModel, history: History, accounts: Iterable[str], kept: int,
             progress: bool = True) -> RebuildReport:
-    """Project every partition log from its start into a fresh collection, copy it over the live one, then
-    catch up.
+    """Fold every account's stream (``accounts``: every account with one) into a fresh collection, copy it
+    over the live one, then catch up.
 
-    The live collection keeps serving (and the live projector keeps updating it) throughout. Events appended
-    after the snapshot of the log ends are applied by a version-guarded catch-up, so nothing the live
-    projector acknowledged in the meantime is missing.
+    The streams, not the partition logs: the logs are trimmed once every projector group has their entries,
+    so only the streams hold every event. The live collection keeps serving (and the live projector keeps
+    updating it) throughout. Each partition log's end is read before any stream: events appended after it
+    are applied by a version-guarded catch-up, so nothing the live projector acknowledged in the meantime is
+    missing. A rebuilt document names no log entries of its events (``timestamps``) until new ones arrive.
     """
     started = time.monotonic()
-    partitions = range(partition_log.keys.partitions)
-    ends = {p: partition_log.end(p) for p in partitions}
-    built: dict[str, projection.Built] = {}
-    events = refused = 0
-    with tqdm(total=sum(partition_log.length(p) for p in partitions), disable=not progress, unit="event",
-              desc="rebuild") as bar:
-        for partition in partitions:
-            for entries in _chunks(partition_log, partition, "0-0", ends[partition]):
-                moved: list[Transaction] = []
-                refused += len(projection.fold(built, entries, kept, moved))
-                live.put_transactions(moved)  # each the same document as the live projector's: written in place
-                events += len(entries)
-                bar.update(len(entries))
+    keys = partition_log.keys
+    ends = {p: partition_log.end(p) for p in range(keys.partitions)}
     fresh = live.sibling(f"{live.name}_rebuild_{int(time.time())}")
     fresh.recreate()
-    fresh.insert(document(b.state, list(b.event_ids), list(b.log_ids), b.partition, b.position)
-                 for b in built.values())
+    built: list[Document] = []
+    events = refused = count = 0
+    for account_id in tqdm(accounts, disable=not progress, unit="account", desc="rebuild"):
+        recorded = history(account_id, 0, None)
+        events += len(recorded)
+        try:
+            state = account.rebuild(account_id, recorded)
+        except CorruptHistory as exc:
+            refused += 1
+            log.error("rebuild: %s left out, its stream cannot be folded: %s", account_id, exc.detail,
+                      extra={"fields": {"account_id": account_id}})
+            continue
+        if not state.exists:
+            continue
+        partition = keys.partition_of(account_id)
+        built.append(document(state, [e.event_id for e in recorded[-kept:]], [], partition,
+                              entry_position(ends[partition])))
+        live.put_transactions(transactions(account_id, recorded))  # the live projector's very documents
+        count += 1
+        if len(built) >= _INSERT_BATCH:
+            fresh.insert(built)
+            built = []
+    fresh.insert(built)
     live.replace_with(fresh)
     live.write((), [CheckpointWrite(p, end, _event_id(partition_log, p, end)) for p, end in ends.items()
                     if end != "0-0"])
     caught_up = catch_up(partition_log, live, history, ends)
-    return RebuildReport(events, len(built), refused, caught_up, time.monotonic() - started)
+    return RebuildReport(events, count, refused, caught_up, time.monotonic() - started)
 
 
 def _chunks(partition_log: PartitionLog, partition: int, after: str, until: str
@@ -85,9 +97,14 @@ def _event_id(partition_log: PartitionLog, partition: int, entry_id: str) -> str
 
 
 def catch_up(partition_log: PartitionLog, model: ReadModel, history: History, after: dict[int, str]) -> int:
-    """Apply, version-guarded, every entry past ``after`` (per partition) that the model lacks."""
+    """Apply, version-guarded, every entry past ``after`` (per partition) that the model lacks. A log trimmed
+    past ``after`` meanwhile (a live projector trims behind its checkpoint) cannot say what came since: that
+    partition is re-synchronised from its accounts' streams instead."""
     applied = 0
     for partition, start in after.items():
+        if partition_log.trimmed_past(partition, start):
+            applied += resync_from_streams(partition_log, model, history, partition, _SCAN_COUNT)[2]
+            continue
         for entries in _chunks(partition_log, partition, start, "+"):
             last = entries[-1]
             outcome = apply_entries(entries, model, history, CheckpointWrite(

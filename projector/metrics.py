@@ -39,6 +39,8 @@ class ReplicaCollector(Collector):
                 ("ledger_projector_repairs", "Read-model documents rewritten from history (found wrong)",
                  health.repairs),
                 ("ledger_projector_reprojected", "Entries applied again by a re-projection", health.reprojected),
+                ("ledger_projector_log_trimmed", "Partition-log entries trimmed behind every group's checkpoint",
+                 health.trimmed),
                 ("ledger_projector_lease_takeovers",
                  "Partitions this replica took from a replica that had not handed them back", health.takeovers)):
             yield CounterMetricFamily(name, text, value=value)

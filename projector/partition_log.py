@@ -16,7 +16,7 @@ from typing import Any
 import redis
 from redis.exceptions import OutOfMemoryError, RedisClusterException, ResponseError
 
-from projector.projection import LogEntry
+from projector.projection import LogEntry, entry_position
 from shared.errors import CorruptHistory, StoreFull, StoreUnavailable
 from shared.keys import KeySpace
 from shared.redis_client import UNAVAILABLE_ERRORS, text
@@ -123,6 +123,33 @@ class PartitionLog:
         with redis_errors():
             found: Any = self._redis.xrevrange(self._key(partition), count=1)
         return text(found[0][0]) if found else "0-0"
+
+    def trimmed_past(self, partition: int, checkpoint: str) -> bool:
+        """Whether the log has lost, to trimming, entries after ``checkpoint`` (entries it no longer holds
+        and the checkpoint's own entry among them, or, for "0-0", any entry at all). Trimming only ever
+        removes the oldest entries, so: the log has had entries removed, and its first entry now lies after
+        the checkpoint. A Redis that lost writes loses its newest entries instead, which this never mistakes
+        for a trim."""
+        with redis_errors():
+            try:
+                info: Any = self._redis.xinfo_stream(self._key(partition))
+            except ResponseError:  # no such key: nothing to have trimmed
+                return False
+        first = info.get("first-entry")
+        if int(info.get("entries-added") or 0) <= int(info["length"]) or not first:
+            return False
+        return checkpoint == "0-0" or entry_position(text(first[0])) > entry_position(checkpoint)
+
+    def accounts(self, partition: int) -> Iterator[str]:
+        """Every account of ``partition`` with a stream (a SCAN: on a cluster, of every master), for
+        re-synchronising the partition's read model from the streams. Keys that only look like an account's
+        stream key are passed over (``KeySpace.stream_account``)."""
+        key: Any
+        with redis_errors():
+            for key in self._redis.scan_iter(match=self.keys.partition_pattern(partition, "stream"), count=1000):
+                account_id = self.keys.stream_account(key)
+                if account_id is not None:
+                    yield account_id
 
     def length(self, partition: int) -> int:
         with redis_errors():

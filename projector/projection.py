@@ -12,7 +12,7 @@ recognised and a reissued version (Redis lost writes and handed the number out a
 
 from __future__ import annotations
 
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -202,46 +202,3 @@ def _event(entry: LogEntry) -> RecordedEvent:
 
 def _version(entry: LogEntry) -> int:
     return entry.event.version if entry.event is not None else 0
-
-
-@dataclass(slots=True)
-class Built:
-    """An account as a rebuild folds it from the log: its state, its latest event and log ids, and the last
-    log entry applied."""
-
-    state: Account
-    event_ids: deque[str]
-    log_ids: deque[str]
-    partition: int
-    position: tuple[int, int]
-
-
-def fold(built: dict[str, Built], entries: Iterable[LogEntry], kept: int,
-         moved: list[Transaction] | None = None) -> list[tuple[LogEntry, str]]:
-    """Fold log ``entries``, in log order, into ``built`` in place (the rebuild path); return the ones refused,
-    and add the transactions folded to ``moved``. The same event twice in the log changes nothing; an event
-    that cannot follow its account's state is refused, and its account's later events with it."""
-    refused: list[tuple[LogEntry, str]] = []
-    for entry in entries:
-        event = entry.event
-        if event is None:
-            refused.append((entry, entry.error or "undecodable entry"))
-            continue
-        item = built.get(event.account_id)
-        state = item.state if item is not None else Account(event.account_id)
-        if event.version <= state.version:
-            continue
-        try:
-            state = account.apply_recorded(state, event)
-        except CorruptHistory as exc:
-            refused.append((entry, exc.detail))
-            continue
-        if item is None:
-            item = built[event.account_id] = Built(state, deque(maxlen=kept), deque(maxlen=kept), entry.partition,
-                                                   entry.position)
-        item.state, item.position = state, entry.position
-        item.event_ids.append(event.event_id)
-        item.log_ids.append(entry.entry_id)
-        if moved is not None and (found := transaction(event, state)) is not None:
-            moved.append(found)
-    return refused

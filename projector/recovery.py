@@ -9,6 +9,11 @@ checkpoint was found moved; what the comparison finds is repaired here.
 * **Read model behind** (wiped, restored from an old backup, or its checkpoint malformed): entries the group
   acknowledged lie after the checkpoint. They are projected again from there, version-guarded, a batch at a
   time between live batches; the checkpoint reaches the log's end only when that is done.
+* **Log trimmed past the checkpoint** (the projector was away while ``PARTITION_LOG_MAX_ENTRIES`` capped the
+  log, or the read model is older than what the logs still hold): the log cannot bring the read model up to
+  date any more, so every account of the partition is re-synchronised from its stream (which holds every
+  event for good), and the checkpoint set to the log's end as it was before the streams were read. Logged
+  as an ERROR naming the partition; ``status`` shows it until it is done.
 
 ``status`` uses the same comparison, so it never reports a healthy lag over a read model that disagrees.
 """
@@ -25,6 +30,7 @@ from projector.partition_log import PartitionLog
 from projector.partitions import Partition
 from projector.projection import History, entry_position
 from projector.read_model import Checkpoint, CheckpointWrite, MalformedDocument, ReadModel, Repair
+from projector.trimming import LogTrimmer
 
 log = logging.getLogger("ledgerstream.projector")
 _SCAN_CAP = 100_000
@@ -46,6 +52,8 @@ class Finding:
     #: What stands under the checkpoint's id is not a checkpoint (why, in one line): nothing of it is trusted,
     #: the partition is compared as if it had never been projected.
     malformed: str | None = None
+    #: The log no longer holds every entry after the checkpoint: trimmed while the read model was behind.
+    trimmed: bool = False
 
 
 def compare(partition_log: PartitionLog, model: ReadModel, partition: int) -> Finding:
@@ -59,8 +67,12 @@ def compare(partition_log: PartitionLog, model: ReadModel, partition: int) -> Fi
     keep, keep_event_id = "0-0", ""
     redis_behind = False
     suspects: list[str] = []
+    since = checkpoint.entry_id if checkpoint is not None else "0-0"
+    found = partition_log.entry(partition, since) if since != "0-0" else None
+    if found is None and partition_log.trimmed_past(partition, since):
+        return Finding(checkpoint, since, checkpoint.event_id if checkpoint else "", frontier, malformed=malformed,
+                       trimmed=True)
     if checkpoint is not None and checkpoint.entry_id != "0-0":
-        found = partition_log.entry(partition, checkpoint.entry_id)
         if found is None or (checkpoint.event_id and found.event is not None
                              and found.event.event_id != checkpoint.event_id):
             redis_behind = True
@@ -86,15 +98,42 @@ def repairs_from_streams(history: History, partition: int, accounts: Sequence[st
     return [r for r in repairs if r is not None]
 
 
+def resync_from_streams(partition_log: PartitionLog, model: ReadModel, history: History, partition: int,
+                        batch: int) -> tuple[str, str, int]:
+    """Every account of ``partition`` rewritten from its stream, then the checkpoint set to where the log
+    ended before the streams were read (every event up to there is in them; later ones are applied as they
+    come, version-guarded): (checkpoint, its event id, accounts)."""
+    end = partition_log.end(partition)
+    found = partition_log.entry(partition, end) if end != "0-0" else None
+    event_id = found.event.event_id if found is not None and found.event is not None else ""
+    accounts = sorted(partition_log.accounts(partition))
+    for start in range(0, len(accounts), batch):
+        model.write((), (), repairs_from_streams(history, partition, accounts[start:start + batch], end))
+    model.write((), [CheckpointWrite(partition, end, event_id)])
+    return end, event_id, len(accounts)
+
+
 class Recovery:
     def __init__(self, partition_log: PartitionLog, model: ReadModel, history: History, check_interval: float,
-                 batch_size: int, clock: Callable[[], float] = time.monotonic) -> None:
+                 batch_size: int, clock: Callable[[], float] = time.monotonic,
+                 announce: Callable[[int, str], None] = lambda partition, checkpoint: None,
+                 trimmer: LogTrimmer | None = None) -> None:
         self._log = partition_log
+        self._announce = announce
+        self._trimmer = trimmer
         self._model = model
         self._history = history
         self._interval = check_interval
         self._batch = batch_size
         self._clock = clock
+
+    def tend(self, partition: Partition, now: float, trim: bool) -> tuple[int, int]:
+        """The self-check when it is due, a batch of an unfinished re-projection, and a trim when asked:
+        (entries re-projected, entries trimmed)."""
+        if partition.progress.check_due <= now:
+            self.check(partition)
+        reprojected = self.reproject(partition) if partition.progress.reproject is not None else 0
+        return reprojected, self.trim(partition) if trim else 0
 
     def check(self, partition: Partition) -> None:
         """The self-check: compare, repair what Redis lost, start re-projecting what the read model lacks."""
@@ -103,6 +142,9 @@ class Recovery:
         finding = compare(self._log, self._model, number)
         if finding.malformed is not None or finding.redis_behind or finding.mongo_behind:
             partition.written.clear()  # the documents are read afresh: the memo may describe what is gone
+        if finding.trimmed:
+            self._resync(partition)
+            return
         if finding.malformed is not None:
             log.error("partition %d: %s; replacing it and re-projecting the partition from its log", number,
                       finding.malformed, extra={"fields": {"partition": number, "divergence": "malformed"}})
@@ -128,6 +170,29 @@ class Recovery:
         if progress.reproject is None:
             progress.diverged = None
 
+    def _resync(self, partition: Partition) -> None:
+        number, progress = partition.number, partition.progress
+        started = time.monotonic()
+        log.error("partition %d: its log was trimmed past the read model's checkpoint (the projector was away "
+                  "longer than PARTITION_LOG_MAX_ENTRIES covers, or the read model is older than the log); "
+                  "re-synchronising the partition from the account streams", number,
+                  extra={"fields": {"partition": number, "divergence": "log-trimmed"}})
+        end, event_id, accounts = resync_from_streams(self._log, self._model, self._history, number, self._batch)
+        partition.written.clear()
+        progress.checkpoint, progress.checkpoint_event = end, event_id
+        progress.reproject, progress.diverged, progress.settled_meanwhile = None, None, None
+        self._announce(number, end)
+        log.warning("partition %d: re-synchronised %d accounts from their streams in %.1f s; the checkpoint is "
+                    "at %s", number, accounts, time.monotonic() - started, end,
+                    extra={"fields": {"partition": number, "divergence": "resolved", "accounts": accounts}})
+
+    def trim(self, partition: Partition) -> int:
+        """Trim the partition's log behind every group's checkpoint (ours: what the read model has now)."""
+        progress = partition.progress
+        if self._trimmer is None or progress.checkpoint is None or progress.reproject is not None:
+            return 0
+        return self._trimmer.trim(partition.lease, partition.number, progress.checkpoint).removed
+
     def reproject(self, partition: Partition) -> int:
         """One batch of an unfinished re-projection: acknowledged entries the read model lacks, applied again
         (version-guarded, so whatever it still has is skipped), the checkpoint following."""
@@ -143,6 +208,7 @@ class Recovery:
             self._model.write((), [CheckpointWrite(number, end, event_id)])
             progress.checkpoint, progress.checkpoint_event = end, event_id
             progress.reproject, progress.diverged, progress.settled_meanwhile = None, None, None
+            self._announce(number, end)
             log.warning("partition %d: re-projection finished; the read model has caught up with its log",
                         number, extra={"fields": {"partition": number, "divergence": "resolved"}})
             return 0

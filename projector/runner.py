@@ -33,6 +33,7 @@ from projector.recovery import Recovery
 from projector.settings import ProjectorSettings
 from projector.store_identity import ForeignStore, StoreIdentity
 from projector.subscription import ConsumerGroup
+from projector.trimming import LogTrimmer
 from shared.errors import ReadModelUnavailable, StoreUnavailable
 
 log = logging.getLogger("ledgerstream.projector")
@@ -48,7 +49,8 @@ class Runner:
     def __init__(self, group: ConsumerGroup, partition_log: PartitionLog, dead_letters: DeadLetters,
                  leases: PartitionLeases, model: ReadModel, history: History, settings: ProjectorSettings,
                  node_of: Callable[[int], str] = lambda partition: "redis", block_ms: int = MAX_BLOCK_MS,
-                 clock: Callable[[], float] = time.monotonic, identity: StoreIdentity | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, identity: StoreIdentity | None = None,
+                 trimmer: LogTrimmer | None = None) -> None:
         self.group, self.log, self.dead_letters, self.leases = group, partition_log, dead_letters, leases
         self.read_model, self.history, self.settings = model, history, settings
         self.partitions: dict[int, Partition] = {}
@@ -59,7 +61,7 @@ class Runner:
         self.processor = Processor(group, partition_log, model, history, self.partitions, settings.max_deliveries,
                                    self.ownership.lost, clock)
         self.recovery = Recovery(partition_log, model, history, settings.check_interval_seconds,
-                                 settings.batch_size, clock)
+                                 settings.batch_size, clock, group.announce, trimmer)
         self._block_ms = block_ms
         self._clock = clock
         self._stop = threading.Event()
@@ -149,16 +151,14 @@ class Runner:
         self.health.beat()
         if self._identity is not None and (self._store is None or now >= self._next_tick):
             self._store = self._identity.confirm(self._store)  # its own store: named first, then checked each tick
-        if now >= self._next_tick:  # heartbeat, renew, rebalance: every quarter of the lease TTL
+        if ticked := now >= self._next_tick:  # heartbeat, renew, rebalance, trim: every quarter of the lease TTL
             self._next_tick = now + self.settings.lease_ttl_seconds / 4
             self.ownership.tick()
             self.health.owned = tuple(sorted(self.partitions))
         reprojected = 0
-        for number, partition in list(self.partitions.items()):
-            if partition.progress.check_due <= now and self.outages.reachable(number):
-                self._on(number, partial(self.recovery.check, partition))
-            if partition.progress.reproject is not None and self.outages.reachable(number):
-                reprojected += self._on(number, partial(self.recovery.reproject, partition)) or 0
+        for number, partition in [(n, p) for n, p in self.partitions.items() if self.outages.reachable(n)]:
+            done, trimmed = self._on(number, partial(self.recovery.tend, partition, now, ticked)) or (0, 0)
+            reprojected, self.health.trimmed = reprojected + done, self.health.trimmed + trimmed
         if reprojected:
             self.health.reprojected += reprojected
             self.health.progressed()

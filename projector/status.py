@@ -90,6 +90,8 @@ def totals(rows: list[PartitionStatus]) -> Totals:
 def _divergence(finding: recovery.Finding) -> str | None:
     if finding.malformed:
         return f"{finding.malformed} (the projector replaces it and re-projects the partition)"
+    if finding.trimmed:
+        return "log trimmed past the read model's checkpoint (the projector re-synchronises it from the streams)"
     if finding.redis_behind:
         return f"Redis lost entries the read model applied ({len(finding.suspects)} accounts to repair)"
     if finding.mongo_behind:

@@ -195,6 +195,13 @@ class ConsumerGroup:
                 lost.add(partition)
         return lost
 
+    def announce(self, partition: int, checkpoint: str) -> None:
+        """Tell the queries waiting on ``partition`` that its checkpoint moved without a settlement (a
+        re-projection caught up): they look again instead of waiting out QUERY_WAIT_SECONDS."""
+        with redis_errors(partition):
+            self._redis.xadd(self.keys.progress(partition, self.group), {"checkpoint": checkpoint}, maxlen=16,
+                             approximate=True)
+
     def park(self, lease: str, entry: LogEntry, error: str, deliveries: int, quarantine: bool) -> None:
         """Move ``entry`` to the dead letters with its error and acknowledge it, atomically; with
         ``quarantine`` its account's later events are parked behind it until someone replays them."""

@@ -24,6 +24,7 @@ from projector.runner import MAX_BLOCK_MS, Runner
 from projector.settings import ProjectorSettings
 from projector.store_identity import StoreIdentity
 from projector.subscription import ConsumerGroup
+from projector.trimming import LogTrimmer
 from shared.config import Settings
 from shared.events import RecordedEvent
 from shared.keys import KeySpace
@@ -50,7 +51,8 @@ class Wiring:
 
     def runner(self) -> Runner:
         return Runner(self.group, self.log, self.dead_letters, self.leases, self.model, self.history, self.settings,
-                      self.node_of, self.block_ms, identity=self.identity)
+                      self.node_of, self.block_ms, identity=self.identity,
+                      trimmer=LogTrimmer(self.client, self.keys, self.settings.group))
 
     def rows(self) -> list[status.PartitionStatus]:
         """Every partition's state, as ``status`` reports it (read from Redis and the read model now)."""

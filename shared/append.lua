@@ -14,6 +14,9 @@
 -- The entry's field names, in order, the version first: filled in from shared/stream_codec.py when the
 -- script is loaded, so a call carries only the values (each argument costs the caller and Redis).
 local FIELDS = {--[[FIELDS]]}
+-- PARTITION_LOG_MAX_ENTRIES, filled in at load: the log stays bounded even when no projector trims it (the
+-- projectors trim far sooner, behind their checkpoints). '~' trims whole nodes only, so it costs nothing.
+local LOG_MAX = --[[LOG_MAX]]
 
 if KEYS[5] then
   local value = redis.pcall('GET', KEYS[5])
@@ -45,7 +48,7 @@ for _ = 1, tonumber(ARGV[3]) do
     at = at + 1
   end
   redis.call('XADD', KEYS[1], version .. '-0', unpack(items))
-  logged = redis.call('XADD', KEYS[3], '*', unpack(items))
+  logged = redis.call('XADD', KEYS[3], 'MAXLEN', '~', LOG_MAX, '*', unpack(items))
 end
 redis.call('SET', KEYS[2], version)
 

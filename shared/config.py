@@ -19,6 +19,9 @@ from urllib.parse import urlsplit
 
 from shared import metrics
 
+#: The most entries a partition log keeps (PARTITION_LOG_MAX_ENTRIES): about 20 MB of one partition's log.
+DEFAULT_LOG_MAX_ENTRIES = 100_000
+
 T = TypeVar("T")
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -172,6 +175,8 @@ class Settings:
     key_prefix: str = "ledger"
     partitions: int = 16
     idempotency_ttl_seconds: int = 86_400
+    #: The most entries a partition log keeps, whatever the projectors do (they trim behind their checkpoints).
+    partition_log_max_entries: int = DEFAULT_LOG_MAX_ENTRIES
     #: Refuse a POST without an Idempotency-Key (428): the only way a client can retry an unknown outcome safely.
     require_idempotency_key: bool = False
     #: Replicas that must confirm a write (WAIT) before it is acknowledged; 0: the primary's word is enough.
@@ -210,6 +215,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         partitions=env.number("LEDGER_PARTITIONS", defaults.partitions, int, 1, 16_384),
         idempotency_ttl_seconds=env.number("IDEMPOTENCY_TTL_SECONDS", defaults.idempotency_ttl_seconds, int, 60,
                                            30 * 86_400),
+        partition_log_max_entries=env.number("PARTITION_LOG_MAX_ENTRIES", defaults.partition_log_max_entries, int,
+                                             1_000, 100_000_000),
         require_idempotency_key=env.flag("REQUIRE_IDEMPOTENCY_KEY", defaults.require_idempotency_key),
         redis_wait_replicas=env.number("REDIS_WAIT_REPLICAS", defaults.redis_wait_replicas, int, 0, 16),
         redis_wait_timeout_seconds=env.number("REDIS_WAIT_TIMEOUT_SECONDS", defaults.redis_wait_timeout_seconds,

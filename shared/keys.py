@@ -13,6 +13,8 @@
     {<prefix>:p<n>:<s>}:quarantine:<group>        accounts whose events wait behind a parked one
     {<prefix>:p<n>:<s>}:progress:<group>          the group's settlements of partition n, announced (a few
                                                   kept) for queries waiting on a consistency token
+    {<prefix>:p<n>:<s>}:checkpoints               each group's read-model checkpoint of partition n, as its
+                                                  projector last recorded it (the log is trimmed behind all)
     {<prefix>:global}:projector-members:<group>   the group's live replicas
     {<prefix>:global}:store-id                    this event store's identity (written once)
 
@@ -137,6 +139,9 @@ class KeySpace:
     def progress(self, partition: int, group: str) -> str:
         return f"{self.tag(partition)}:progress:{group}"
 
+    def checkpoints(self, partition: int) -> str:
+        return f"{self.tag(partition)}:checkpoints"
+
     def projector_members(self, group: str) -> str:
         """The one key that belongs to no partition: which replicas of the group are alive."""
         return f"{{{self.prefix}:global}}:projector-members:{group}"
@@ -153,6 +158,10 @@ class KeySpace:
     def pattern(self, kind: str = "*") -> str:
         """A SCAN pattern for this prefix's keys of one kind (``stream``, ``version``, ...)."""
         return f"{{{self.prefix}:p*}}:{kind}:*"
+
+    def partition_pattern(self, partition: int, kind: str) -> str:
+        """A SCAN pattern for one partition's keys of one kind (the tag holds no glob character)."""
+        return f"{self.tag(partition)}:{kind}:*"
 
 
 class AccountKeys(NamedTuple):

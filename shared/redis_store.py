@@ -21,6 +21,7 @@ import redis
 from redis.exceptions import AskError, MovedError, NoScriptError, OutOfMemoryError
 
 from shared.account import Account
+from shared.config import DEFAULT_LOG_MAX_ENTRIES
 from shared.errors import CorruptHistory, StoreFull, StoreUnavailable
 from shared.event_store import (
     Appended,
@@ -54,7 +55,12 @@ def _script(name: str) -> str:
         return source.read()
 
 
-APPEND_LUA = _script("append.lua").replace("--[[FIELDS]]", lua_fields())
+def append_script(log_max_entries: int = DEFAULT_LOG_MAX_ENTRIES) -> str:
+    return (_script("append.lua").replace("--[[FIELDS]]", lua_fields())
+            .replace("--[[LOG_MAX]]", str(int(log_max_entries))))
+
+
+APPEND_LUA = append_script()
 LOAD_LUA = _script("load.lua")
 
 AppendRequest = tuple[str, int, Sequence[NewEvent]]
@@ -65,14 +71,16 @@ class RedisEventStore:
     service passes one (its policy: every ``SNAPSHOT_INTERVAL`` versions)."""
 
     def __init__(self, client: redis.Redis, keys: KeySpace, idempotency_ttl_seconds: int,
-                 wait_replicas: int = 0, wait_timeout_seconds: float = 1.0) -> None:
+                 wait_replicas: int = 0, wait_timeout_seconds: float = 1.0,
+                 log_max_entries: int = DEFAULT_LOG_MAX_ENTRIES) -> None:
         self._redis = client
         self._keys = keys
         self._ttl = idempotency_ttl_seconds
         self._wait_replicas = wait_replicas
         self._wait_timeout_ms = max(1, round(wait_timeout_seconds * 1000))  # WAIT counts in milliseconds
         self._run = ScriptRunner(client)
-        self._append = self._run.register(APPEND_LUA)
+        self._append_source = append_script(log_max_entries)
+        self._append = self._run.register(self._append_source)
         self._load = self._run.register(LOAD_LUA)
 
     @property
@@ -152,7 +160,7 @@ class RedisEventStore:
             except UNAVAILABLE_ERRORS as exc:
                 raise AppendUnknown(f"no reply to an append: {type(exc).__name__}") from exc
             if isinstance(reply, NoScriptError) and attempt == 1:
-                node.script_load(APPEND_LUA)  # a restarted or newly promoted node has an empty script cache
+                node.script_load(self._append_source)  # a restarted or newly promoted node has an empty script cache
                 continue
             if isinstance(reply, OutOfMemoryError):  # refused before the script's first write
                 raise StoreFull.refused() from reply

@@ -83,7 +83,8 @@ def redis_client() -> redis.Redis:
 def service() -> AccountService:
     config = settings()
     store: EventStore = RedisEventStore(redis_client(), keys(), config.idempotency_ttl_seconds,
-                                        config.redis_wait_replicas, config.redis_wait_timeout_seconds)
+                                        config.redis_wait_replicas, config.redis_wait_timeout_seconds,
+                                        config.partition_log_max_entries)
     tracing_started()
     if tracing.SWITCH.on:
         from shared.traced_store import TracedEventStore

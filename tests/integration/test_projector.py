@@ -22,6 +22,7 @@ from projector import health, maintenance
 from projector.mongo_connection import connect
 from projector.mongo_read_model import MongoReadModel
 from projector.partition_log import to_entry
+from projector.verification import stream_accounts
 from shared import account, runtime
 from shared.events import NewEvent, RecordedEvent
 from shared.keys import KeySpace
@@ -282,7 +283,8 @@ def test_rebuild_matches_live_projection_and_never_empties_the_live_collection(
     thread = threading.Thread(target=reader)
     thread.start()
     try:
-        report = maintenance.rebuild(projector.log, projector.read_model, projector.history, 20,
+        report = maintenance.rebuild(projector.log, projector.read_model, projector.history,
+                                     stream_accounts(client, live_env), 20,
                                      progress=False)
     finally:
         running.clear()
@@ -290,7 +292,9 @@ def test_rebuild_matches_live_projection_and_never_empties_the_live_collection(
     assert reads and min(reads) == len(live), "the live collection was not fully readable during the rebuild"
     assert report.accounts == len(live)
     rebuilt = read_model(mongo_standin.uri, mongo_db)
-    fields = ("balance_minor", "balance", "version", "timestamps", "event_ids")
+    # A document folded from its stream names no log entries (``timestamps``) until new events arrive. (The
+    # times are left out: the stand-in stores a time given to $set on an existing document as text.)
+    fields = ("balance_minor", "balance", "version", "event_ids", "owner", "partition")
     assert {k: tuple(v[f] for f in fields) for k, v in rebuilt.items()} == \
         {k: tuple(v[f] for f in fields) for k, v in live.items()}
     # The rebuild's own collection is gone: only the live one and its transactions are left.

@@ -25,6 +25,7 @@ def test_keys_of_a_known_account_never_change() -> None:
     assert LEDGER.partition_log(7) == "{ledger:p7:64}:log"
     assert LEDGER.stream("bob") == "{ledger:p0:28}:stream:bob"
     assert LEDGER.partition_log(15) == "{ledger:p15:62}:log"
+    assert LEDGER.checkpoints(7) == "{ledger:p7:64}:checkpoints"
 
 
 def test_every_key_of_an_account_shares_its_partition_log_slot() -> None:
@@ -33,7 +34,7 @@ def test_every_key_of_an_account_shares_its_partition_log_slot() -> None:
         slots = {key_slot(key.encode()) for key in (
             LEDGER.stream(account_id), LEDGER.version(account_id), LEDGER.snapshot(account_id),
             LEDGER.idempotency(account_id, "k"), LEDGER.partition_log(partition),
-            LEDGER.lease(partition, "projector"))}
+            LEDGER.lease(partition, "projector"), LEDGER.checkpoints(partition))}
         assert slots == {LEDGER.slot(partition)}
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from projector.leases import fair_share, preference
 from projector.partitions import Backoff
-from projector.projection import Built, Current, LogEntry, fold, plan
+from projector.projection import Current, LogEntry, plan
 from shared.account import DEPOSITED, OPENED, WITHDRAWN, Account
 from shared.events import RecordedEvent
 
@@ -115,15 +115,6 @@ def test_a_log_entry_that_disagrees_with_its_stream_fails() -> None:
 def test_withdrawals_are_facts_not_decisions() -> None:
     result = plan([entry(1, OPENED), entry(2, WITHDRAWN, 50)], {})
     assert result.writes[0].after.balance == -50  # the write side decided; the projection only records
-
-
-def test_fold_for_rebuild() -> None:
-    built: dict[str, Built] = {}
-    entries = [*history(3), entry(4, "Mystery")]
-    refused = fold(built, entries + entries[:2], kept=2)  # the same entries twice in the log change nothing
-    assert built["a"].state.version == 3
-    assert list(built["a"].event_ids) == ["ea2", "ea3"] and built["a"].position == entries[2].position
-    assert [e.entry_id for e, _ in refused] == [entries[3].entry_id]
 
 
 @pytest.mark.parametrize(("members", "partitions", "shares"), [
