@@ -86,6 +86,8 @@ class PartitionCollector(Collector):
             "ledger_projector_progress_age_seconds": ("Seconds since the read model's checkpoint last moved",
                                                       lambda r: r.last_progress_age_s or 0.0),
             "ledger_projector_owned": ("1 when some replica holds the partition's lease", lambda r: int(bool(r.owner))),
+            "ledger_projector_log_entries": ("Entries the partition log holds (trimmed behind every group)",
+                                             lambda r: r.length),
         }
         for name, (text, read) in gauges.items():
             family = GaugeMetricFamily(name, text, labels=["partition"])
