@@ -22,7 +22,15 @@ from shared.keys import KeySpace
 from shared.redis_store import RedisEventStore
 from tests.support.apigw import call
 from tests.support.events import history, new_event
-from tests.support.readmodel import assert_read_model_matches, drain, make_projector, settings
+from tests.support.readmodel import (
+    ProjectorProcess,
+    assert_read_model_matches,
+    drain,
+    group_drained,
+    make_projector,
+    settings,
+)
+from tests.support.targets import RedisTarget
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.mongo
@@ -182,3 +190,40 @@ def test_a_wiped_read_model_over_trimmed_logs_is_resynchronised_and_rebuild_and_
     checked = verification.verify(live_env, projector.read_model, projector.history,
                                   verification.stream_accounts(client, live_env), progress=False)
     assert checked.ok and checked.accounts == 10, checked.differences
+
+
+def _matches(client: redis.Redis, keys: KeySpace, uri: str, database: str) -> bool:
+    if not group_drained(client, keys, "projector"):
+        return False
+    try:
+        assert_read_model_matches(client, keys, uri, database)
+    except AssertionError:
+        return False
+    return True
+
+
+def test_a_killed_projector_restarted_after_the_cap_resynchronises_by_itself(
+        live_env: KeySpace, redis_target: RedisTarget, mongo_standin: MongoStandIn, mongo_db: str) -> None:
+    """The same as a real process: SIGKILLed, the log capped past its checkpoint while it is away, restarted."""
+    client = runtime.redis_client()
+    accounts = _same_partition(live_env, 5, 20, "killed")
+    store = RedisEventStore(client, live_env, 60, log_max_entries=1_000)
+    store.append_many([(a, 0, history(a, 2)) for a in accounts])
+    env = {**redis_target.env(), "LEDGER_KEY_PREFIX": live_env.prefix, "LEDGER_PARTITIONS": str(live_env.partitions),
+           "MONGODB_URI": mongo_standin.uri, "MONGODB_DATABASE": mongo_db, "PROJECTOR_LEASE_TTL_SECONDS": "2",
+           "PROJECTOR_HEALTH_PORT": "0", "LOG_LEVEL": "WARNING"}
+    first = ProjectorProcess({**env, "PROJECTOR_NAME": "first"})
+    try:
+        wait_until(lambda: _matches(client, live_env, mongo_standin.uri, mongo_db), 30, "the first projection")
+    finally:
+        first.kill()
+    for round_number in range(110):
+        store.append_many([(a, 2 + round_number, [new_event(a, amount=3)]) for a in accounts])
+    second = ProjectorProcess({**env, "PROJECTOR_NAME": "second"})
+    try:
+        wait_until(lambda: _matches(client, live_env, mongo_standin.uri, mongo_db), 60,
+                   "the restarted projector to re-synchronise the capped partition")
+        assert second.logged("trimmed past the read model's checkpoint")
+        assert "Traceback" not in "".join(second.raw)
+    finally:
+        second.kill()
