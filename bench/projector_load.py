@@ -23,7 +23,13 @@ from shared import runtime
 from shared.keys import KeySpace
 from tests.support.apigw import make_event
 from tests.support.environment import wired
-from tests.support.readmodel import ProjectorProcess, assert_read_model_matches, group_drained, read_model
+from tests.support.readmodel import (
+    ProjectorProcess,
+    assert_read_model_matches,
+    group_drained,
+    process_env,
+    read_model,
+)
 from tests.support.targets import RedisTarget
 from tests.support.waiting import wait_until
 
@@ -41,11 +47,9 @@ def mongo_standin() -> Iterator[MongoStandIn]:
 
 
 def projector_env(target: RedisTarget, keys: KeySpace, mongo: MongoStandIn, database: str, group: str,
-         name: str) -> dict[str, str]:
-    return {**target.env(), "LEDGER_KEY_PREFIX": keys.prefix, "LEDGER_PARTITIONS": str(keys.partitions),
-            "MONGODB_URI": mongo.uri, "MONGODB_DATABASE": database, "PROJECTOR_GROUP": group,
-            "PROJECTOR_NAME": name, "PROJECTOR_HEALTH_PORT": "0", "PROJECTOR_LEASE_TTL_SECONDS": str(LEASE_TTL_SECONDS),
-            "LOG_LEVEL": "WARNING"}
+                  name: str) -> dict[str, str]:
+    return process_env(keys, target, mongo.uri, database, PROJECTOR_GROUP=group, PROJECTOR_NAME=name,
+                       PROJECTOR_LEASE_TTL_SECONDS=str(LEASE_TTL_SECONDS), LOG_LEVEL="WARNING")
 
 
 def start_replicas(count: int, env: dict[str, str]) -> list[ProjectorProcess]:

@@ -20,7 +20,7 @@ from redis.exceptions import RedisClusterException
 from projector import health, maintenance, status, verification
 from projector.emf_reporter import EmfReporter
 from projector.mongo_connection import MONGO_ERRORS, describe_mongo
-from projector.partition_log import GroupMissing
+from projector.partition_log import GroupMissing, stream_accounts
 from projector.read_model import MalformedDocument
 from projector.settings import ProjectorSettings, load_projector_settings
 from projector.store_identity import ForeignStore
@@ -127,7 +127,7 @@ def _command(args: argparse.Namespace, wiring: Wiring, settings: ProjectorSettin
         if not args.adopt_store:
             wiring.identity.require_same("rebuild the read model")
         done = maintenance.rebuild(wiring.log, wiring.model, wiring.history,
-                                   verification.stream_accounts(wiring.client, wiring.keys), settings.timestamps_kept,
+                                   stream_accounts(wiring.client, wiring.keys), settings.timestamps_kept,
                                    not args.no_progress)
         print(f"rebuilt {done.accounts} accounts from {done.events} events in {done.seconds:.1f}s "
               f"({done.refused} refused, {done.caught_up} applied while catching up)")
@@ -140,12 +140,12 @@ def _command(args: argparse.Namespace, wiring: Wiring, settings: ProjectorSettin
 def _verify(repair: bool, progress: bool, wiring: Wiring) -> int:
     if repair:
         wiring.identity.require_same("repair the read model")
-        if not any(verification.stream_accounts(wiring.client, wiring.keys)) and wiring.model.documents():
+        if not any(stream_accounts(wiring.client, wiring.keys)) and wiring.model.documents():
             print("projector: refusing to repair: this Redis holds no account stream at all, so a repair would "
                   "delete every document of the read model; check REDIS_URL", file=sys.stderr)
             return 2
     report = verification.verify(wiring.keys, wiring.model, wiring.history,
-                                verification.stream_accounts(wiring.client, wiring.keys), repair, progress)
+                                stream_accounts(wiring.client, wiring.keys), repair, progress)
     verification.record_verify(wiring.model, report)
     for line in report.differences[:20]:
         print(line)

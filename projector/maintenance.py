@@ -75,7 +75,7 @@ def rebuild(partition_log: PartitionLog, live: ReadModel, history: History, acco
             built = []
     fresh.insert(built)
     live.replace_with(fresh)
-    live.write((), [CheckpointWrite(p, end, _event_id(partition_log, p, end)) for p, end in ends.items()
+    live.write((), [CheckpointWrite(p, end, partition_log.event_id_at(p, end)) for p, end in ends.items()
                     if end != "0-0"])
     caught_up = catch_up(partition_log, live, history, ends)
     return RebuildReport(events, count, refused, caught_up, time.monotonic() - started)
@@ -91,11 +91,6 @@ def _chunks(partition_log: PartitionLog, partition: int, after: str, until: str
         after = entries[-1].entry_id
 
 
-def _event_id(partition_log: PartitionLog, partition: int, entry_id: str) -> str:
-    found = partition_log.entry(partition, entry_id)
-    return found.event.event_id if found is not None and found.event is not None else ""
-
-
 def catch_up(partition_log: PartitionLog, model: ReadModel, history: History, after: dict[int, str]) -> int:
     """Apply, version-guarded, every entry past ``after`` (per partition) that the model lacks. A log trimmed
     past ``after`` meanwhile (a live projector trims behind its checkpoint) cannot say what came since: that
@@ -103,7 +98,10 @@ def catch_up(partition_log: PartitionLog, model: ReadModel, history: History, af
     applied = 0
     for partition, start in after.items():
         if partition_log.trimmed_past(partition, start):
-            applied += resync_from_streams(partition_log, model, history, partition, _SCAN_COUNT)[2]
+            accounts = resync_from_streams(partition_log, model, history, partition, _SCAN_COUNT)[2]
+            log.warning("partition %d: its log was trimmed past %s meanwhile; re-synchronised its %d accounts from "
+                        "their streams", partition, start, accounts,
+                        extra={"fields": {"partition": partition, "accounts": accounts}})
             continue
         for entries in _chunks(partition_log, partition, start, "+"):
             last = entries[-1]

@@ -8,6 +8,7 @@ an outage becomes ``StoreUnavailable``, a vanished log or group ``GroupMissing``
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from shared.errors import CorruptHistory, StoreFull, StoreUnavailable
 from shared.keys import KeySpace
 from shared.redis_client import UNAVAILABLE_ERRORS, text
 from shared.stream_codec import decode_mapping
+
+log = logging.getLogger("ledgerstream.projector")
 
 
 class GroupMissing(Exception):
@@ -64,6 +67,27 @@ def to_entry(partition: int, entry_id: str, fields: dict[bytes, bytes]) -> LogEn
         return LogEntry(partition, entry_id, fields, None, exc.detail)
 
 
+def stream_accounts(client: redis.Redis, keys: KeySpace, partition: int | None = None) -> Iterator[str]:
+    """Every account with a stream under this prefix, or in one partition (SCAN on every master of a
+    cluster). A key the SCAN pattern finds that is not exactly an account's stream key (a client's
+    idempotency key shaped like one, a hand-made key) is foreign: logged, never taken for an account."""
+    pattern = keys.pattern("stream") if partition is None else keys.partition_pattern(partition, "stream")
+    key: Any
+    with redis_errors():
+        for key in client.scan_iter(match=pattern, count=1000):
+            account_id = keys.stream_account(key)
+            if account_id is None:
+                log.warning("ignoring %r: not the stream key of an account", _shown(key),
+                            extra={"fields": {"foreign_key": _shown(key)}})
+                continue
+            yield account_id
+
+
+def _shown(key: bytes | str) -> str:
+    text = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
 class PartitionLog:
     def __init__(self, client: redis.Redis, keys: KeySpace, group: str) -> None:
         self._redis = client
@@ -101,6 +125,11 @@ class PartitionLog:
         with redis_errors():
             found: Any = self._redis.xrange(self._key(partition), entry_id, entry_id)
         return to_entry(partition, text(found[0][0]), found[0][1]) if found else None
+
+    def event_id_at(self, partition: int, entry_id: str) -> str:
+        """The event id of the entry at ``entry_id`` ("" for "0-0", an entry gone, or one that cannot be read)."""
+        found = self.entry(partition, entry_id) if entry_id != "0-0" else None
+        return found.event.event_id if found is not None and found.event is not None else ""
 
     def entries(self, wanted: Mapping[int, str]) -> dict[int, LogEntry | None]:
         """The entry at each partition's id (None where the log no longer has it): one round trip per node."""
@@ -141,15 +170,8 @@ class PartitionLog:
         return checkpoint == "0-0" or entry_position(text(first[0])) > entry_position(checkpoint)
 
     def accounts(self, partition: int) -> Iterator[str]:
-        """Every account of ``partition`` with a stream (a SCAN: on a cluster, of every master), for
-        re-synchronising the partition's read model from the streams. Keys that only look like an account's
-        stream key are passed over (``KeySpace.stream_account``)."""
-        key: Any
-        with redis_errors():
-            for key in self._redis.scan_iter(match=self.keys.partition_pattern(partition, "stream"), count=1000):
-                account_id = self.keys.stream_account(key)
-                if account_id is not None:
-                    yield account_id
+        """Every account of ``partition`` with a stream, for re-synchronising its read model from them."""
+        return stream_accounts(self._redis, self.keys, partition)
 
     def length(self, partition: int) -> int:
         with redis_errors():

@@ -104,8 +104,7 @@ def resync_from_streams(partition_log: PartitionLog, model: ReadModel, history: 
     ended before the streams were read (every event up to there is in them; later ones are applied as they
     come, version-guarded): (checkpoint, its event id, accounts)."""
     end = partition_log.end(partition)
-    found = partition_log.entry(partition, end) if end != "0-0" else None
-    event_id = found.event.event_id if found is not None and found.event is not None else ""
+    event_id = partition_log.event_id_at(partition, end)
     accounts = sorted(partition_log.accounts(partition))
     for start in range(0, len(accounts), batch):
         model.write((), (), repairs_from_streams(history, partition, accounts[start:start + batch], end))
@@ -203,8 +202,7 @@ class Recovery:
         if not chunk:
             meanwhile = progress.settled_meanwhile
             end = until if meanwhile is None or entry_position(until) >= meanwhile.position else meanwhile.entry_id
-            found = self._log.entry(number, end)
-            event_id = found.event.event_id if found is not None and found.event is not None else ""
+            event_id = self._log.event_id_at(number, end)
             self._model.write((), [CheckpointWrite(number, end, event_id)])
             progress.checkpoint, progress.checkpoint_event = end, event_id
             progress.reproject, progress.diverged, progress.settled_meanwhile = None, None, None

@@ -8,12 +8,9 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
-import redis
 from tqdm import tqdm
 
-from projector.partition_log import redis_errors
 from projector.projection import History
 from projector.read_model import Document, MalformedDocument, ReadModel, Repair, document_state
 from projector.statements import Transaction, transactions
@@ -133,23 +130,3 @@ def _difference(state: Account, event_ids: list[str], doc: Document | None) -> s
     if recorded and recorded != event_ids[-len(recorded):]:
         return "the read model records other events than the stream holds for its latest versions"
     return None
-
-
-def stream_accounts(client: redis.Redis, keys: KeySpace) -> Iterator[str]:
-    """Every account with a stream under this prefix (SCAN on every master of a cluster). A key the SCAN
-    pattern finds that is not exactly an account's stream key (a client's idempotency key shaped like one, a
-    hand-made key) is foreign: logged, never taken for an account."""
-    key: Any
-    with redis_errors():
-        for key in client.scan_iter(match=keys.pattern("stream"), count=1000):
-            account_id = keys.stream_account(key)
-            if account_id is None:
-                log.warning("ignoring %r: not the stream key of an account", _shown(key),
-                            extra={"fields": {"foreign_key": _shown(key)}})
-                continue
-            yield account_id
-
-
-def _shown(key: bytes | str) -> str:
-    text = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
-    return text if len(text) <= 200 else text[:200] + "..."

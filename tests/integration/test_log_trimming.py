@@ -15,6 +15,7 @@ from pymongo import MongoClient
 
 from devstack.mongo_standin import MongoStandIn
 from projector import maintenance, status, verification
+from projector.partition_log import stream_accounts
 from projector.runner import Runner
 from projector.trimming import LogTrimmer
 from shared import runtime
@@ -28,6 +29,7 @@ from tests.support.readmodel import (
     drain,
     group_drained,
     make_projector,
+    process_env,
     settings,
 )
 from tests.support.targets import RedisTarget
@@ -184,11 +186,11 @@ def test_a_wiped_read_model_over_trimmed_logs_is_resynchronised_and_rebuild_and_
     drain(projector)
     assert_read_model_matches(client, live_env, mongo_standin.uri, mongo_db)
     report = maintenance.rebuild(projector.log, projector.read_model, projector.history,
-                                 verification.stream_accounts(client, live_env), 20, progress=False)
+                                 stream_accounts(client, live_env), 20, progress=False)
     assert (report.accounts, report.refused) == (10, 0)
     assert_read_model_matches(client, live_env, mongo_standin.uri, mongo_db)
     checked = verification.verify(live_env, projector.read_model, projector.history,
-                                  verification.stream_accounts(client, live_env), progress=False)
+                                  stream_accounts(client, live_env), progress=False)
     assert checked.ok and checked.accounts == 10, checked.differences
 
 
@@ -209,9 +211,8 @@ def test_a_killed_projector_restarted_after_the_cap_resynchronises_by_itself(
     accounts = _same_partition(live_env, 5, 20, "killed")
     store = RedisEventStore(client, live_env, 60, log_max_entries=1_000)
     store.append_many([(a, 0, history(a, 2)) for a in accounts])
-    env = {**redis_target.env(), "LEDGER_KEY_PREFIX": live_env.prefix, "LEDGER_PARTITIONS": str(live_env.partitions),
-           "MONGODB_URI": mongo_standin.uri, "MONGODB_DATABASE": mongo_db, "PROJECTOR_LEASE_TTL_SECONDS": "2",
-           "PROJECTOR_HEALTH_PORT": "0", "LOG_LEVEL": "WARNING"}
+    env = process_env(live_env, redis_target, mongo_standin.uri, mongo_db, PROJECTOR_LEASE_TTL_SECONDS="2",
+                      LOG_LEVEL="WARNING")
     first = ProjectorProcess({**env, "PROJECTOR_NAME": "first"})
     try:
         wait_until(lambda: _matches(client, live_env, mongo_standin.uri, mongo_db), 30, "the first projection")

@@ -21,8 +21,7 @@ from devstack.redis_server import free_port
 from projector import health, maintenance
 from projector.mongo_connection import connect
 from projector.mongo_read_model import MongoReadModel
-from projector.partition_log import to_entry
-from projector.verification import stream_accounts
+from projector.partition_log import stream_accounts, to_entry
 from shared import account, runtime
 from shared.events import NewEvent, RecordedEvent
 from shared.keys import KeySpace

@@ -28,6 +28,7 @@ from tests.support.readmodel import (
     drain,
     group_drained,
     make_projector,
+    process_env,
     settings,
 )
 from tests.support.targets import RedisTarget
@@ -37,10 +38,8 @@ pytestmark = pytest.mark.mongo
 
 
 def _env(keys: KeySpace, target: RedisTarget, mongo_uri: str, database: str, **extra: str) -> dict[str, str]:
-    return {**target.env(), "LEDGER_KEY_PREFIX": keys.prefix, "LEDGER_PARTITIONS": str(keys.partitions),
-            "MONGODB_URI": mongo_uri, "MONGODB_DATABASE": database,
-            "PROJECTOR_LEASE_TTL_SECONDS": "3", "PROJECTOR_HEALTH_PORT": "0", "PROJECTOR_CHECK_INTERVAL_SECONDS": "2",
-            "LOG_LEVEL": "INFO", **extra}
+    return process_env(keys, target, mongo_uri, database, PROJECTOR_LEASE_TTL_SECONDS="3",
+                       PROJECTOR_CHECK_INTERVAL_SECONDS="2", LOG_LEVEL="INFO", **extra)
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from devstack.mongo_standin import MongoStandIn
 from devstack.redis_cluster import LocalCluster
 from devstack.redis_server import RedisProcess
 from projector import status, verification
+from projector.partition_log import stream_accounts
 from projector.runner import Runner
 from projector.store_identity import ForeignStore
 from projector.wiring import assemble
@@ -190,7 +191,7 @@ def test_verify_finds_a_corrupted_document_and_repair_fixes_it(
 
     def check(repair: bool) -> verification.VerifyReport:
         return verification.verify(live_env, projector.read_model, projector.history,
-                                  verification.stream_accounts(client, live_env), repair=repair, progress=False)
+                                  stream_accounts(client, live_env), repair=repair, progress=False)
 
     found = check(repair=False)
     assert not found.ok and found.accounts == 5

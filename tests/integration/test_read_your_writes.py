@@ -25,7 +25,7 @@ from shared.keys import KeySpace
 from shared.redis_store import RedisEventStore
 from tests.support.apigw import call
 from tests.support.events import new_event
-from tests.support.readmodel import ProjectorProcess, make_projector, settings
+from tests.support.readmodel import ProjectorProcess, make_projector, process_env, settings
 from tests.support.targets import RedisTarget
 from tests.support.waiting import wait_until
 
@@ -261,9 +261,7 @@ class KilledReplica:
     pending has to be taken over by the other replica once its leases lapse."""
 
     def __init__(self, keys: KeySpace, target: RedisTarget, uri: str, database: str) -> None:
-        self.env = {**target.env(), "LEDGER_KEY_PREFIX": keys.prefix, "LEDGER_PARTITIONS": str(keys.partitions),
-                    "MONGODB_URI": uri, "MONGODB_DATABASE": database, "PROJECTOR_LEASE_TTL_SECONDS": "2",
-                    "PROJECTOR_HEALTH_PORT": "0", "LOG_LEVEL": "WARNING"}
+        self.env = process_env(keys, target, uri, database, PROJECTOR_LEASE_TTL_SECONDS="2", LOG_LEVEL="WARNING")
         self.kills, self._serial = 0, 0
         self.process: ProjectorProcess | None = None
 

@@ -16,7 +16,7 @@ import redis
 from pymongo import MongoClient, monitoring
 
 from projector import maintenance
-from projector.verification import stream_accounts
+from projector.partition_log import stream_accounts
 from shared import runtime
 from shared.keys import KeySpace
 from shared.mongo_queries import MongoQueries

@@ -29,6 +29,7 @@ from shared.keys import KeySpace
 from shared.money import format_minor
 from shared.read_model_layout import transactions_name
 from shared.stream_codec import decode_entries
+from tests.support.targets import RedisTarget
 
 COLLECTION = "accountCollection"
 
@@ -134,6 +135,12 @@ def group_drained(client: redis.Redis, keys: KeySpace, group: str) -> bool:
         if info is None or info["pending"] or (last and info["last-delivered-id"] != last[0][0]):
             return False
     return True
+
+
+def process_env(keys: KeySpace, target: RedisTarget, mongo_uri: str, database: str, **extra: str) -> dict[str, str]:
+    """The environment of a ``python -m projector`` child on ``target`` and this key space (no health port)."""
+    return {**target.env(), "LEDGER_KEY_PREFIX": keys.prefix, "LEDGER_PARTITIONS": str(keys.partitions),
+            "MONGODB_URI": mongo_uri, "MONGODB_DATABASE": database, "PROJECTOR_HEALTH_PORT": "0", **extra}
 
 
 class ProjectorProcess:

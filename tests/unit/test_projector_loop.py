@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
@@ -39,6 +40,18 @@ from tests.support.readmodel import (
 from tests.support.waiting import wait_until
 
 KEYS = KeySpace("fast", 4)
+
+
+@contextmanager
+def running(projector: Runner) -> Iterator[threading.Thread]:
+    """``projector.run`` on a thread of its own, stopped and joined afterwards."""
+    runner = threading.Thread(target=projector.run)
+    runner.start()
+    try:
+        yield runner
+    finally:
+        projector.stop()
+        runner.join(10)
 
 
 @dataclass
@@ -185,9 +198,7 @@ def test_a_wiped_read_model_is_reprojected(world: World) -> None:
 def test_outages_back_off_and_lose_nothing(world: World) -> None:
     world.open("acct", deposits=1)
     projector = world.projector(stall_seconds=30)
-    runner = threading.Thread(target=projector.run)
-    runner.start()
-    try:
+    with running(projector) as runner:
         wait_until(world.matches, 10, "the first projection")
         world.model.down = True
         world.service.execute("acct", Deposit(100), CommandContext("r", ANONYMOUS))
@@ -201,24 +212,16 @@ def test_outages_back_off_and_lose_nothing(world: World) -> None:
         world.server.connected = True
         world.service.execute("acct", Deposit(100), CommandContext("r", ANONYMOUS))
         wait_until(lambda: world.matches() and projector.health.ready()[0], 10, "the projection after Redis's")
-    finally:
-        projector.stop()
-        runner.join(10)
     assert not runner.is_alive()
 
 
 def test_the_running_loop_applies_a_new_entry_without_polling(world: World) -> None:
     projector = world.projector()
-    runner = threading.Thread(target=projector.run)
-    runner.start()
-    try:
+    with running(projector):
         wait_until(lambda: len(projector.partitions) == KEYS.partitions, 10, "the partitions to be taken")
         for n in range(20):
             world.open(f"acct-{n}")
             wait_until(partial(world.model.find, f"acct-{n}"), 2, "the new account's document", interval=0.001)
-    finally:
-        projector.stop()
-        runner.join(10)
     assert world.matches()
 
 
@@ -306,11 +309,6 @@ def test_a_crash_between_a_document_and_its_transactions_is_mended_by_the_redeli
     world.model = CrashesBetweenDocumentAndTransactions(kept=5)
     world.open("acct", deposits=3)
     projector = world.projector(stall_seconds=30)
-    runner = threading.Thread(target=projector.run)
-    runner.start()
-    try:
+    with running(projector):
         wait_until(world.matches, 10, "the transactions restored from the stream on redelivery")
-    finally:
-        projector.stop()
-        runner.join(10)
     assert world.model.crashed and [t["version"] for t in world.model.transactions("acct")] == [2, 3, 4]
