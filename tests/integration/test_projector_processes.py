@@ -38,8 +38,8 @@ pytestmark = pytest.mark.mongo
 
 
 def _env(keys: KeySpace, target: RedisTarget, mongo_uri: str, database: str, **extra: str) -> dict[str, str]:
-    return process_env(keys, target, mongo_uri, database, PROJECTOR_LEASE_TTL_SECONDS="3",
-                       PROJECTOR_CHECK_INTERVAL_SECONDS="2", LOG_LEVEL="INFO", **extra)
+    return process_env(keys, target, mongo_uri, database, **{
+        "PROJECTOR_LEASE_TTL_SECONDS": "3", "PROJECTOR_CHECK_INTERVAL_SECONDS": "2", "LOG_LEVEL": "INFO", **extra})
 
 
 @pytest.fixture
