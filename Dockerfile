@@ -13,7 +13,10 @@ COPY devstack ./devstack
 RUN /venv/bin/pip install --no-cache-dir ".[gateway]"
 
 FROM python:3.12-slim
-RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin gateway
+# The mount point of a local archive (ARCHIVE_URL=file://...), owned by the service's user: a new named
+# volume mounted there takes this ownership.
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin gateway \
+    && mkdir -p /var/lib/ledgerstream/archive && chown 10001 /var/lib/ledgerstream/archive
 COPY --from=build /venv /venv
 COPY gateway/gunicorn.conf.py /etc/ledgerstream/gunicorn.conf.py
 ENV PATH=/venv/bin:$PATH \

@@ -123,6 +123,9 @@ def _run(args: argparse.Namespace, dev: DevSettings) -> int:
             print("devstack: authentication as configured by the AUTH_* variables in the environment")
         if local_secrets.provide(env, dev.state_dir):
             print(f"devstack: consistency tokens signed with the key in {dev.state_dir / 'consistency-token-secret'}")
+        if "ARCHIVE_URL" not in env:  # accounts' older events leave Redis as they would in production
+            env["ARCHIVE_URL"] = (dev.state_dir / "archive").resolve().as_uri()
+        print(f"devstack: accounts' archived history in {env['ARCHIVE_URL']}")
         # Health on loopback: a laptop is not a container behind a platform probe.
         manager.add_process("projector", f"{sys.executable} -m projector run",
                             env={**env, "PROJECTOR_HEALTH_BIND": env.get("PROJECTOR_HEALTH_BIND", "127.0.0.1")})

@@ -62,6 +62,8 @@ class Resolver:
                 return str(arg[0]).join(str(i) for i in (items if isinstance(items, list) else [items]))
             if key == "Fn::Sub":
                 text = arg if isinstance(arg, str) else arg[0]
+                if any("${" + resource in text for resource in self.resources):  # as with Ref: none locally
+                    return NO_VALUE
                 for name, val in self.parameters.items():
                     text = text.replace("${" + name + "}", val)
                 return text

@@ -51,6 +51,9 @@ def parser() -> argparse.ArgumentParser:
                         help="rewrite every document that differs from its stream, and delete account documents "
                              "that have no stream (refused unless Redis is the event store the read model was "
                              "projected from)")
+    verify.add_argument("--deep", action="store_true",
+                        help="also check every account's snapshot and version record in Redis against its whole "
+                             "history, archive included")
     verify.add_argument("--no-progress", action="store_true", help="no progress bar (for logs and scripts)")
     parked = commands.add_parser("parked", help="inspect or replay parked (dead-letter) events")
     parked_commands = parked.add_subparsers(dest="parked_command", required=True)
@@ -116,7 +119,7 @@ def _command(args: argparse.Namespace, wiring: Wiring, settings: ProjectorSettin
     if args.command == "show":
         return _show(args.account_id, wiring)
     if args.command == "verify":
-        return _verify(args.repair, not args.no_progress, wiring)
+        return _verify(args.repair, not args.no_progress, wiring, args.deep)
     if args.command == "parked" and args.parked_command == "list":
         chosen = args.partition or range(wiring.keys.partitions)
         print(status.render_parked(wiring.dead_letters.parked(chosen)))
@@ -137,7 +140,7 @@ def _command(args: argparse.Namespace, wiring: Wiring, settings: ProjectorSettin
     return _run(wiring, settings)
 
 
-def _verify(repair: bool, progress: bool, wiring: Wiring) -> int:
+def _verify(repair: bool, progress: bool, wiring: Wiring, deep: bool = False) -> int:
     if repair:
         wiring.identity.require_same("repair the read model")
         if not any(stream_accounts(wiring.client, wiring.keys)) and wiring.model.documents():
@@ -145,7 +148,8 @@ def _verify(repair: bool, progress: bool, wiring: Wiring) -> int:
                   "delete every document of the read model; check REDIS_URL", file=sys.stderr)
             return 2
     report = verification.verify(wiring.keys, wiring.model, wiring.history,
-                                stream_accounts(wiring.client, wiring.keys), repair, progress)
+                                stream_accounts(wiring.client, wiring.keys), repair, progress,
+                                wiring.stored if deep else None)
     verification.record_verify(wiring.model, report)
     for line in report.differences[:20]:
         print(line)
@@ -218,9 +222,14 @@ def _run(wiring: Wiring, settings: ProjectorSettings) -> int:
                                  f"{exc.strerror} (another projector running here? set PROJECTOR_HEALTH_PORT to "
                                  "a free port, or 0 for none)") from exc
     reporter = EmfReporter(wiring.rows, wiring.emf_namespace).start() if wiring.emf_namespace else None
+    archiver = wiring.archive_worker(projector)
+    if archiver is not None:
+        archiver.start()
     try:
         projector.run()
     finally:
+        if archiver is not None:
+            archiver.stop()
         if server is not None:
             server.shutdown()
         if reporter is not None:

@@ -48,6 +48,10 @@ class Health:
     takeovers: int = 0
     #: Partition-log entries this replica trimmed, behind every group's checkpoint.
     trimmed: int = 0
+    #: Events this replica moved to the archive, and the accounts it could not archive (refused or failed).
+    archived: int = 0
+    archive_refused: int = 0
+    archive_failures: int = 0
 
     def beat(self) -> None:
         self.last_beat = time.monotonic()

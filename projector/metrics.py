@@ -41,6 +41,14 @@ class ReplicaCollector(Collector):
                 ("ledger_projector_reprojected", "Entries applied again by a re-projection", health.reprojected),
                 ("ledger_projector_log_trimmed", "Partition-log entries trimmed behind every group's checkpoint",
                  health.trimmed),
+                ("ledger_projector_archived_events", "Events this replica moved from Redis to the archive",
+                 health.archived),
+                ("ledger_projector_archive_refused",
+                 "Archivings the guarded trim refused (the stream changed under it; retried on a later pass)",
+                 health.archive_refused),
+                ("ledger_projector_archive_failures",
+                 "Archivings that failed (Redis or the archive down, or an unreadable stream: see the log)",
+                 health.archive_failures),
                 ("ledger_projector_lease_takeovers",
                  "Partitions this replica took from a replica that had not handed them back", health.takeovers)):
             yield CounterMetricFamily(name, text, value=value)

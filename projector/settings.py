@@ -30,6 +30,8 @@ class ProjectorSettings:
     stall_seconds: float = 60.0
     health_port: int = 8081
     health_bind: str = "0.0.0.0"  # probes come from outside the container
+    #: Accounts archived per owned partition and pass (ARCHIVE_URL set): bounds what one pass costs Redis.
+    archive_per_pass: int = 20
 
 
 def load_projector_settings(environ: Mapping[str, str] | None = None) -> ProjectorSettings:
@@ -52,6 +54,7 @@ def load_projector_settings(environ: Mapping[str, str] | None = None) -> Project
         stall_seconds=env.number("PROJECTOR_STALL_SECONDS", defaults.stall_seconds, float, 1.0, 86_400.0),
         health_port=env.number("PROJECTOR_HEALTH_PORT", defaults.health_port, int, 0, 65_535),
         health_bind=env.host("PROJECTOR_HEALTH_BIND", defaults.health_bind),
+        archive_per_pass=env.number("PROJECTOR_ARCHIVE_PER_PASS", defaults.archive_per_pass, int, 1, 10_000),
     )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from tqdm import tqdm
@@ -16,7 +16,8 @@ from projector.read_model import Document, MalformedDocument, ReadModel, Repair,
 from projector.statements import Transaction, transactions
 from shared import account
 from shared.account import Account
-from shared.errors import CorruptHistory
+from shared.errors import ArchiveUnavailable, CorruptHistory
+from shared.events import RecordedEvent
 from shared.keys import KeySpace
 from shared.money import format_minor
 
@@ -51,10 +52,17 @@ def record_verify(model: ReadModel, report: VerifyReport) -> None:
                                    "first": report.differences[:3]})
 
 
+#: What ``verify --deep`` reads of an account in Redis besides its history: its snapshot, its version record.
+Stored = Callable[[str], tuple[Account | None, int]]
+
+
 def verify(keys: KeySpace, model: ReadModel, history: History, stream_accounts: Iterator[str],
-           repair: bool = False, progress: bool = True) -> VerifyReport:
-    """Compare every document with its account stream: version, balance, owner, the recorded event ids, and
-    the sum of all balances. With ``repair``, rewrite every document that differs from its stream."""
+           repair: bool = False, progress: bool = True, deep: Stored | None = None) -> VerifyReport:
+    """Compare every document with its account's history (the archive's segments, then its stream): version,
+    balance, owner, the recorded event ids, and the sum of all balances. With ``repair``, rewrite every
+    document that differs from its history. With ``deep``, also check the account's snapshot and version
+    record in Redis against the same fold. History that cannot be read (a segment missing or damaged, the
+    archive down) is a difference, and its document is never rewritten."""
     documents = model.documents()
     report = VerifyReport()
     seen: set[str] = set()
@@ -63,12 +71,18 @@ def verify(keys: KeySpace, model: ReadModel, history: History, stream_accounts: 
             seen.add(account_id)
             report.accounts += 1
             bar.update()
-            events = history(account_id, 0, None)
             try:
+                events = history(account_id, 0, None)
                 state = account.rebuild(account_id, events)
             except CorruptHistory as exc:
                 report.differences.append(f"{account_id}: its stream cannot be folded: {exc.detail}")
                 continue
+            except ArchiveUnavailable as exc:
+                reason = exc.__cause__ if isinstance(exc.__cause__, ArchiveUnavailable) else exc
+                report.differences.append(f"{account_id}: its archived history cannot be read: {reason.detail}")
+                continue
+            if deep is not None and (problem := _stored_difference(events, *deep(account_id))):
+                report.differences.append(f"{account_id}: {problem}")
             report.stream_total += state.balance
             doc = documents.get(account_id)
             moved = transactions(account_id, events)
@@ -98,6 +112,19 @@ def verify(keys: KeySpace, model: ReadModel, history: History, stream_accounts: 
             model.write((), (), [Repair(account_id, None, [], keys.partition_of(account_id), (0, 0))])
             report.repaired.append(account_id)
     return report
+
+
+def _stored_difference(events: list[RecordedEvent], snapshot: Account | None, version_record: int) -> str | None:
+    """How Redis's snapshot and version record of an account disagree with its history folded, or None."""
+    last = events[-1].version if events else 0
+    if version_record != last:
+        return f"its version record says {version_record}, its history ends at version {last}"
+    if snapshot is None:
+        return None
+    folded = account.rebuild(snapshot.id, [e for e in events if e.version <= snapshot.version])
+    if folded != snapshot:
+        return f"its snapshot at version {snapshot.version} differs from its history folded to that version"
+    return None
 
 
 def _statement_difference(expected: list[Transaction], stored: list[Document]) -> str | None:

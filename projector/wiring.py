@@ -13,6 +13,7 @@ import redis
 from prometheus_client import CollectorRegistry
 
 from projector import metrics, status
+from projector.archiving import Archiver, ArchiveWorker
 from projector.dead_letters import DeadLetters
 from projector.leases import PartitionLeases
 from projector.mongo_connection import connect
@@ -25,7 +26,9 @@ from projector.settings import ProjectorSettings
 from projector.store_identity import StoreIdentity
 from projector.subscription import ConsumerGroup
 from projector.trimming import LogTrimmer
-from shared.config import Settings
+from shared.account import Account
+from shared.archive import Archive, open_archive
+from shared.config import DEFAULT_ARCHIVE_AFTER_EVENTS, Settings
 from shared.events import RecordedEvent
 from shared.keys import KeySpace
 from shared.redis_client import build_client, is_cluster, memory
@@ -48,6 +51,9 @@ class Wiring:
     block_ms: int = MAX_BLOCK_MS
     #: The CloudWatch namespace to report to as EMF log lines (METRICS_FORMAT=EMF); None: no such lines.
     emf_namespace: str | None = None
+    #: Where accounts' older events go (ARCHIVE_URL), and what reads them back; None: nothing archived.
+    archive: Archive | None = None
+    store: RedisEventStore | None = None
 
     def runner(self) -> Runner:
         return Runner(self.group, self.log, self.dead_letters, self.leases, self.model, self.history, self.settings,
@@ -62,6 +68,19 @@ class Wiring:
         """What ``/metrics`` reports: ``runner``'s tallies, and every partition read when scraped."""
         return metrics.registry(runner.health, self.rows, partial(memory, self.client))
 
+    def archive_worker(self, runner: Runner) -> ArchiveWorker | None:
+        """The archiver for the partitions ``runner`` owns, when an archive is configured."""
+        if self.archive is None or self.store is None:
+            return None
+        archiver = Archiver(self.client, self.keys, self.settings.group, self.store, self.archive)
+        return ArchiveWorker(archiver, lambda: [(n, p.lease) for n, p in list(runner.partitions.items())],
+                             self.settings.archive_per_pass, health=runner.health)
+
+    def stored(self, account_id: str) -> tuple[Account | None, int]:
+        """An account's snapshot and version record in Redis (what ``verify --deep`` checks)."""
+        store = self.store or RedisEventStore(self.client, self.keys, 3600)
+        return store.load(account_id).snapshot, store.version_record(account_id)
+
     @property
     def identity(self) -> StoreIdentity:
         return StoreIdentity(self.client, self.keys, self.model)
@@ -72,18 +91,21 @@ def wire(settings: Settings, projector: ProjectorSettings) -> Wiring:
     # A pool, never one kept connection: the fetcher's threads each block in a read of their own.
     client = build_client(dataclasses.replace(settings, redis_single_connection=False))
     block_ms = max(1, min(MAX_BLOCK_MS, int(settings.redis_timeout_seconds * 1000 / 2)))
-    wiring = assemble(client, keys, projector, settings.idempotency_ttl_seconds, block_ms=block_ms)
+    archive = open_archive(settings.archive_url, settings.key_prefix)
+    wiring = assemble(client, keys, projector, settings.idempotency_ttl_seconds, block_ms=block_ms, archive=archive,
+                      archive_every=settings.archive_after_events)
     emf = settings.metrics_namespace if settings.metrics_format == "EMF" else None
     return dataclasses.replace(wiring, emf_namespace=emf)
 
 
 def assemble(client: redis.Redis, keys: KeySpace, projector: ProjectorSettings, ttl_seconds: int = 86_400,
-             owner: str | None = None, model: ReadModel | None = None, block_ms: int = MAX_BLOCK_MS) -> Wiring:
+             owner: str | None = None, model: ReadModel | None = None, block_ms: int = MAX_BLOCK_MS,
+             archive: Archive | None = None, archive_every: int = DEFAULT_ARCHIVE_AFTER_EVENTS) -> Wiring:
     """``model`` defaults to MongoDB at the configured address (tests hand in the in-memory one)."""
     # Each process gets an identity of its own: two replicas can never be mistaken for one another, and a
     # restarted one is a new consumer (the lease, not its name, says who owns a partition).
     owner = owner or f"{projector.name}-{secrets.token_hex(3)}"
-    store = RedisEventStore(client, keys, ttl_seconds)
+    store = RedisEventStore(client, keys, ttl_seconds, archive=archive, archive_every=archive_every)
 
     def history(account_id: str, after: int, up_to: int | None) -> list[RecordedEvent]:
         return store.read(account_id, after, None if up_to is None else up_to - after)
@@ -101,4 +123,4 @@ def assemble(client: redis.Redis, keys: KeySpace, projector: ProjectorSettings, 
     return Wiring(client, keys, ConsumerGroup(client, keys, projector.group, owner),
                   PartitionLog(client, keys, projector.group), DeadLetters(client, keys, projector.group),
                   PartitionLeases(client, keys, projector.group, owner, projector.lease_ttl_seconds),
-                  model, history, node_of, projector, block_ms)
+                  model, history, node_of, projector, block_ms, archive=archive, store=store)

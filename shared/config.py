@@ -21,6 +21,8 @@ from shared import metrics
 
 #: The most entries a partition log keeps (PARTITION_LOG_MAX_ENTRIES): about 20 MB of one partition's log.
 DEFAULT_LOG_MAX_ENTRIES = 100_000
+#: ARCHIVE_AFTER_EVENTS: about 10 KB of one account's events in Redis before they move to the archive.
+DEFAULT_ARCHIVE_AFTER_EVENTS = 50
 
 T = TypeVar("T")
 
@@ -177,6 +179,11 @@ class Settings:
     idempotency_ttl_seconds: int = 86_400
     #: The most entries a partition log keeps, whatever the projectors do (they trim behind their checkpoints).
     partition_log_max_entries: int = DEFAULT_LOG_MAX_ENTRIES
+    #: Where cold account history goes (``s3://bucket/prefix`` or ``file:///path``); None: nothing is archived.
+    archive_url: str | None = None
+    #: An account becomes due for archiving each time its version passes a multiple of this: Redis then
+    #: holds fewer than about twice this many of its events.
+    archive_after_events: int = DEFAULT_ARCHIVE_AFTER_EVENTS
     #: Refuse a POST without an Idempotency-Key (428): the only way a client can retry an unknown outcome safely.
     require_idempotency_key: bool = False
     #: Replicas that must confirm a write (WAIT) before it is acknowledged; 0: the primary's word is enough.
@@ -217,6 +224,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                                            30 * 86_400),
         partition_log_max_entries=env.number("PARTITION_LOG_MAX_ENTRIES", defaults.partition_log_max_entries, int,
                                              1_000, 100_000_000),
+        archive_url=_archive_url(env),
+        archive_after_events=env.number("ARCHIVE_AFTER_EVENTS", defaults.archive_after_events, int, 2, 1_000_000),
         require_idempotency_key=env.flag("REQUIRE_IDEMPOTENCY_KEY", defaults.require_idempotency_key),
         redis_wait_replicas=env.number("REDIS_WAIT_REPLICAS", defaults.redis_wait_replicas, int, 0, 16),
         redis_wait_timeout_seconds=env.number("REDIS_WAIT_TIMEOUT_SECONDS", defaults.redis_wait_timeout_seconds,
@@ -234,6 +243,19 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         tracing=_tracing(env),
         service_name=env.raw("OTEL_SERVICE_NAME"),
     )
+
+
+def _archive_url(env: Environment) -> str | None:
+    raw = env.raw("ARCHIVE_URL")
+    if not raw:
+        return None
+    url = _checked_url("ARCHIVE_URL", raw, ("s3", "file"))
+    parts = urlsplit(url)
+    if parts.scheme == "s3" and not parts.netloc:
+        raise ConfigError("ARCHIVE_URL must name a bucket: s3://<bucket>/<prefix>")
+    if parts.scheme == "file" and (parts.netloc or not parts.path.startswith("/")):
+        raise ConfigError("ARCHIVE_URL must be an absolute path: file:///<path>")
+    return url
 
 
 def _tracing(env: Environment) -> bool:

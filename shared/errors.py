@@ -252,3 +252,29 @@ class CorruptHistory(LedgerError):
 
     code = "corrupt-history"
     title = "Stored history cannot be read"
+
+
+class ArchiveUnavailable(LedgerError):
+    """Part of an account's history lives in the archive (object storage), and the archive cannot give it now:
+    only reads that reach that far back fail; the account's balance and new writes are served from Redis."""
+
+    code = "archive-unavailable"
+    title = "Archived history unavailable"
+
+    @classmethod
+    def unreachable(cls) -> ArchiveUnavailable:
+        return cls("this part of the account's history is archived and the archive cannot be reached now; the "
+                   "account itself still answers; retry shortly")
+
+
+class ArchiveDamaged(ArchiveUnavailable):
+    """A segment the account's history needs is missing or fails its checksum: an operator must restore it
+    (``python -m projector verify --deep`` lists every one). Never skipped: a gap would be a wrong answer."""
+
+    code = "archive-damaged"
+    title = "Archived history damaged"
+
+    @classmethod
+    def for_client(cls) -> ArchiveDamaged:
+        return cls("part of this account's archived history cannot be read; operators have been alerted; the "
+                   "account itself still answers")

@@ -56,6 +56,7 @@ STATUS_BY_ERROR: dict[type[LedgerError], int] = {
     errors.PreconditionFailed: 412,
     errors.StoreUnavailable: 503,
     errors.ReadModelUnavailable: 503,
+    errors.ArchiveUnavailable: 503,
     errors.ProjectionBehind: 503,
     errors.ProjectionParked: 409,
     errors.LedgerError: 500,

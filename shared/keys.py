@@ -13,6 +13,7 @@
     {<prefix>:p<n>:<s>}:quarantine:<group>        accounts whose events wait behind a parked one
     {<prefix>:p<n>:<s>}:progress:<group>          the group's settlements of partition n, announced (a few
                                                   kept) for queries waiting on a consistency token
+    {<prefix>:p<n>:<s>}:archive-due               accounts whose older events are due to move to the archive
     {<prefix>:p<n>:<s>}:checkpoints               each group's read-model checkpoint of partition n, as its
                                                   projector last recorded it (the log is trimmed behind all)
     {<prefix>:global}:projector-members:<group>   the group's live replicas
@@ -139,6 +140,9 @@ class KeySpace:
     def progress(self, partition: int, group: str) -> str:
         return f"{self.tag(partition)}:progress:{group}"
 
+    def archive_due(self, partition: int) -> str:
+        return _archive_due(self.tag(partition))
+
     def checkpoints(self, partition: int) -> str:
         return f"{self.tag(partition)}:checkpoints"
 
@@ -186,6 +190,11 @@ class AccountKeys(NamedTuple):
         """The log of the account's partition."""
         return _log(self.tag)
 
+    @property
+    def archive_due(self) -> str:
+        """The set of its partition's accounts due for archiving."""
+        return _archive_due(self.tag)
+
     def idempotency(self, key: str) -> str:
         """A key without '{', '}' or ':' stands as it is (as it always has); one with them is stored as ':' and
         its SHA-256, which no plain key can be, so no client's key can shape, or pass for, another key name."""
@@ -196,6 +205,10 @@ class AccountKeys(NamedTuple):
 
 def _log(tag: str) -> str:
     return f"{tag}:log"
+
+
+def _archive_due(tag: str) -> str:
+    return f"{tag}:archive-due"
 
 
 def _place(prefix: str, partition: int, partitions: int) -> str:

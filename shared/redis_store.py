@@ -12,6 +12,7 @@ called with ``EVALSHA``); reading a page of the history is a plain ``XRANGE``:
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any, cast
@@ -21,8 +22,9 @@ import redis
 from redis.exceptions import AskError, MovedError, NoScriptError, OutOfMemoryError
 
 from shared.account import Account
-from shared.config import DEFAULT_LOG_MAX_ENTRIES
-from shared.errors import CorruptHistory, StoreFull, StoreUnavailable
+from shared.archive import Archive
+from shared.config import DEFAULT_ARCHIVE_AFTER_EVENTS, DEFAULT_LOG_MAX_ENTRIES
+from shared.errors import ArchiveUnavailable, CorruptHistory, StoreFull, StoreUnavailable
 from shared.event_store import (
     Appended,
     AppendOutcome,
@@ -55,33 +57,45 @@ def _script(name: str) -> str:
         return source.read()
 
 
-def append_script(log_max_entries: int = DEFAULT_LOG_MAX_ENTRIES) -> str:
+def append_script(log_max_entries: int = DEFAULT_LOG_MAX_ENTRIES, archive_every: int = 0) -> str:
+    """``archive_every``: ARCHIVE_AFTER_EVENTS when an archive is configured, 0 (never due) otherwise."""
     return (_script("append.lua").replace("--[[FIELDS]]", lua_fields())
-            .replace("--[[LOG_MAX]]", str(int(log_max_entries))))
+            .replace("--[[LOG_MAX]]", str(int(log_max_entries)))
+            .replace("--[[ARCHIVE_EVERY]]", str(int(archive_every))))
 
 
 APPEND_LUA = append_script()
 LOAD_LUA = _script("load.lua")
+READ_LUA = _script("read.lua")
+
+log = logging.getLogger("ledgerstream.store")
 
 AppendRequest = tuple[str, int, Sequence[NewEvent]]
 
 
 class RedisEventStore:
     """Snapshots are written by the append script, atomically with the events they summarise, whenever the
-    service passes one (its policy: every ``SNAPSHOT_INTERVAL`` versions)."""
+    service passes one (its policy: every ``SNAPSHOT_INTERVAL`` versions).
+
+    With an ``archive``, an account's older events may live there instead of in its stream (behind a snapshot,
+    so loading never needs them): ``read`` takes what it needs from both, and every append that passes a
+    multiple of ``archive_every`` marks the account due for the archiver."""
 
     def __init__(self, client: redis.Redis, keys: KeySpace, idempotency_ttl_seconds: int,
                  wait_replicas: int = 0, wait_timeout_seconds: float = 1.0,
-                 log_max_entries: int = DEFAULT_LOG_MAX_ENTRIES) -> None:
+                 log_max_entries: int = DEFAULT_LOG_MAX_ENTRIES, archive: Archive | None = None,
+                 archive_every: int = DEFAULT_ARCHIVE_AFTER_EVENTS) -> None:
         self._redis = client
         self._keys = keys
         self._ttl = idempotency_ttl_seconds
         self._wait_replicas = wait_replicas
         self._wait_timeout_ms = max(1, round(wait_timeout_seconds * 1000))  # WAIT counts in milliseconds
         self._run = ScriptRunner(client)
-        self._append_source = append_script(log_max_entries)
+        self._archive = archive
+        self._append_source = append_script(log_max_entries, archive_every if archive is not None else 0)
         self._append = self._run.register(self._append_source)
         self._load = self._run.register(LOAD_LUA)
+        self._read = self._run.register(READ_LUA)
 
     @property
     def keys(self) -> KeySpace:
@@ -103,12 +117,34 @@ class RedisEventStore:
         return Loaded(decode_entries(entries), idempotency, snapshot)
 
     def read(self, account_id: str, after_version: int = 0, limit: int | None = None) -> list[RecordedEvent]:
+        account_keys = self._keys.account(account_id)
         try:
-            count = ("COUNT", limit) if limit else ()
-            entries = self._run.raw("XRANGE", self._keys.stream(account_id), f"{after_version + 1}-0", "+", *count)
+            archived, entries = self._run(self._read, [account_keys.stream, account_keys.snapshot],
+                                          [f"{after_version + 1}-0", limit or ""])
         except UNAVAILABLE_ERRORS as exc:
             raise StoreUnavailable.unreachable() from exc
-        return decode_entries(entries)
+        live = decode_entries(entries)
+        through = int(archived or 0)
+        if after_version >= through:
+            return live
+        if self._archive is None:
+            log.error("versions 1 to %d of %s are archived, and no ARCHIVE_URL is set", through, account_id)
+            raise ArchiveUnavailable("this part of the account's history is archived, and this deployment has "
+                                     "no archive configured")
+        older = self._archive.read(account_id, after_version, through, limit)
+        return older + (live if limit is None else live[:max(0, limit - len(older))])
+
+    def version_record(self, account_id: str) -> int:
+        """The account's version record: what the next append is checked against (0: no such account)."""
+        with unavailable_as_store_error():
+            found = self._run.raw("GET", self._keys.version(account_id))
+        return int(found or 0)
+
+    def archived_through(self, account_id: str) -> int:
+        """The last version of the account that lives in the archive rather than its stream (0: none)."""
+        with unavailable_as_store_error():
+            found = self._run.raw("HGET", self._keys.snapshot(account_id), "archived")
+        return int(found or 0)
 
     def append(self, account_id: str, expected_version: int, events: Sequence[NewEvent],
                idempotency: IdempotencyWrite | None = None, snapshot: Account | None = None) -> AppendOutcome:
@@ -206,8 +242,9 @@ def append_arguments(keys: KeySpace, ttl: int, account_id: str, expected_version
     if not events:
         raise ValueError("append needs at least one event")
     account_keys = keys.account(account_id)
-    script_keys = [account_keys.stream, account_keys.version, account_keys.log, account_keys.snapshot]
-    args: list[bytes | str | int] = [expected_version, "" if snapshot is None else _snapshot_json(snapshot),
+    script_keys = [account_keys.stream, account_keys.version, account_keys.log, account_keys.snapshot,
+                   account_keys.archive_due]
+    args: list[bytes | str | int] = [expected_version, "" if snapshot is None else snapshot_json(snapshot),
                                      len(events)]
     for event in events:
         args += encode(event)
@@ -247,7 +284,7 @@ def _record(parts: list[bytes]) -> IdempotencyRecord:
     return IdempotencyRecord(parts[0].decode(), parts[1].decode())
 
 
-def _snapshot_json(state: Account) -> bytes:
+def snapshot_json(state: Account) -> bytes:
     return orjson.dumps({"version": state.version, "balance": state.balance, "opened_at": state.opened_at,
                          "updated_at": state.updated_at,
                          "owner": None if state.owner is None else [state.owner.issuer, state.owner.subject]})

@@ -16,6 +16,7 @@ from redis.exceptions import RedisClusterException
 from shared import auth, logs, tracing
 from shared import metrics as metrics_port
 from shared.api import Dependencies
+from shared.archive import open_archive
 from shared.config import (
     AuthSettings,
     QuerySettings,
@@ -84,7 +85,9 @@ def service() -> AccountService:
     config = settings()
     store: EventStore = RedisEventStore(redis_client(), keys(), config.idempotency_ttl_seconds,
                                         config.redis_wait_replicas, config.redis_wait_timeout_seconds,
-                                        config.partition_log_max_entries)
+                                        config.partition_log_max_entries,
+                                        open_archive(config.archive_url, config.key_prefix),
+                                        config.archive_after_events)
     tracing_started()
     if tracing.SWITCH.on:
         from shared.traced_store import TracedEventStore

@@ -30,6 +30,8 @@ def test_environment_is_resolved_from_the_template() -> None:
     assert env["REDIS_URL_PARAMETER"] == "/ledger/redis"
     assert "REDIS_URL_SECRET_ARN" not in env
     assert env["LEDGER_PARTITIONS"] == "16"
+    assert "ARCHIVE_URL" not in env  # names the stack's bucket, which does not exist locally
+    assert env["ARCHIVE_AFTER_EVENTS"] == "50"
 
 
 def test_unknown_function_is_refused() -> None:

@@ -122,6 +122,30 @@ def test_the_projector_runs_on_fargate_with_the_functions_redis_and_its_own_secr
     assert service["NetworkConfiguration"]["AwsvpcConfiguration"]["AssignPublicIp"] == "DISABLED"
 
 
+def test_the_archive_bucket_is_written_by_the_projector_alone_and_read_by_every_function(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    output = translated(PROJECTOR, monkeypatch)
+    resources = output["Resources"]
+    bucket = resources["ArchiveBucket"]
+    assert bucket["DeletionPolicy"] == "Retain"
+    assert bucket["Properties"]["VersioningConfiguration"] == {"Status": "Enabled"}
+    assert all(bucket["Properties"]["PublicAccessBlockConfiguration"].values())
+    [container] = _resource(output, "AWS::ECS::TaskDefinition")["ContainerDefinitions"]
+    env = {item["Name"]: item["Value"] for item in container["Environment"] if "Name" in item}
+    functions = [r for r in resources.values() if r["Type"] == "AWS::Lambda::Function"]
+    assert functions
+    for function in functions:
+        variables = function["Properties"]["Environment"]["Variables"]
+        assert variables["ARCHIVE_URL"] == env["ARCHIVE_URL"]  # one archive for every reader and the writer
+        assert variables["ARCHIVE_AFTER_EVENTS"] == env["ARCHIVE_AFTER_EVENTS"]
+    writers = [name for name, r in resources.items() if r["Type"] == "AWS::IAM::Role"
+               and "s3:PutObject" in json.dumps(r["Properties"].get("Policies", []))]
+    assert writers == ["ProjectorTaskRole"]
+    readers = [name for name, r in resources.items() if r["Type"] == "AWS::IAM::Role"
+               and "s3:GetObject" in json.dumps(r["Properties"].get("Policies", []))]
+    assert len(readers) == len(functions) + 1
+
+
 def test_the_lag_alarm_watches_what_the_projector_reports(monkeypatch: pytest.MonkeyPatch) -> None:
     output = translated(PROJECTOR, monkeypatch)
     alarm = _resource(output, "AWS::CloudWatch::Alarm")

@@ -29,11 +29,19 @@ def test_values_are_parsed() -> None:
     ("LEDGER_PARTITIONS", "0"), ("LEDGER_PARTITIONS", "many"), ("REDIS_CLUSTER", "maybe"),
     ("LEDGER_KEY_PREFIX", "a{b}"), ("LEDGER_KEY_PREFIX", "a:b"), ("REDIS_URL", "http://x"),
     ("COMMAND_MAX_ATTEMPTS", "0"), ("MAX_BODY_BYTES", "1"), ("LOG_LEVEL", "LOUD"),
-    ("REDIS_TIMEOUT_SECONDS", "nan"),
+    ("REDIS_TIMEOUT_SECONDS", "nan"), ("ARCHIVE_URL", "http://bucket/x"), ("ARCHIVE_URL", "s3:///no-bucket"),
+    ("ARCHIVE_URL", "file://host/relative"), ("ARCHIVE_AFTER_EVENTS", "1"),
 ])
 def test_bad_values_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
         load_settings({name: value})
+
+
+def test_archive_settings() -> None:
+    assert load_settings({}).archive_url is None
+    chosen = load_settings({"ARCHIVE_URL": "s3://ledger-archive/prod", "ARCHIVE_AFTER_EVENTS": "200"})
+    assert (chosen.archive_url, chosen.archive_after_events) == ("s3://ledger-archive/prod", 200)
+    assert load_settings({"ARCHIVE_URL": "file:///var/lib/ledger"}).archive_url == "file:///var/lib/ledger"
 
 
 def test_url_errors_do_not_echo_secrets() -> None:
