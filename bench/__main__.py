@@ -1,7 +1,7 @@
 """``python -m bench [name ...]``: run the benchmarks (all by default) and print a results table.
 
 Names: handler, http, instructions, telemetry, store-size, history, append, cold-start, projector, takeover,
-lag, durability, scale-out, record-size, ryw, queries.
+lag, durability, scale-out, record-size, ryw, queries, memory.
 Each figure is printed next to the limit it is compared with, measured in the same run, and each run ends
 with a correctness check.
 """
@@ -24,6 +24,7 @@ from bench import (
     http_load,
     inprocess,
     instructions,
+    memory,
     projector_load,
     queries,
     record_size,
@@ -48,6 +49,7 @@ BENCHMARKS: dict[str, Callable[[], Any]] = {
     "record-size": record_size.record_size,
     "ryw": queries.read_your_writes_wait,
     "queries": queries.query_throughput,
+    "memory": memory.memory,
 }
 
 

@@ -4,6 +4,10 @@ where each request's server CPU goes, by layer (bench/layers.py). Every request 
 
 Both apps log at INFO (ours writes its one JSON line per request; the no-op has nothing to say). The ratio is
 the median of three rounds that alternate ours and the no-op, so both see the same machine noise.
+
+2d runs ours again while an archiver (the projector's, in a thread of this process, every lease held) moves
+the accounts' older events to a folder as the load makes them due (``ARCHIVE_AFTER_EVENTS`` = 10), on
+accounts of their own, and compares it with the same no-op rounds: what archiving costs the write path.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +32,13 @@ from bench.common import ROOT, Result, redis_server, report, seed_accounts
 from devstack.mongo_standin import MongoStandIn
 from devstack.process import spawn, terminate
 from devstack.redis_server import free_port
+from projector.archiving import Archiver, ArchiveWorker
 from shared import account
+from shared.archive import open_archive
+from shared.events import RecordedEvent
 from shared.keys import KeySpace
+from shared.principal import Owner
+from shared.redis_store import RedisEventStore
 from shared.stream_codec import decode_entries
 from tests.support.gateway import answers
 from tests.support.readmodel import assert_read_model_matches, drain, make_projector, settings
@@ -42,6 +51,7 @@ MATRIX = ((2, "sync", 1), (3, "sync", 1), (4, "sync", 1), (5, "sync", 1), (2, "g
 SEED_EVENTS = 10  # open + 9 deposits of 1.00
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 ROUNDS = 3
+ARCHIVE_EVERY = 10
 
 
 @dataclass
@@ -210,6 +220,7 @@ def http_throughput(seconds: int = 10, connections: int = 32, matrix_seconds: in
                                                 connections, client)
         runs.append(profiled_ours)
         in_flight = _check(client, keys, ids, runs, connections)
+        archived_runs, archiving = _with_archiver(client, env, chosen, connections, seconds, auth.owner)
     # Each ratio is the median round's, printed with that round's own figures (so the figures divide to it).
     pairs = list(zip(ours_runs, noop_runs, strict=True))
     ours, noop = sorted(pairs, key=lambda p: p[0].rate / p[1].rate)[len(pairs) // 2]
@@ -228,6 +239,9 @@ def http_throughput(seconds: int = 10, connections: int = 32, matrix_seconds: in
              f"once; {in_flight} more events were requests wrk abandoned in flight at the end of its runs; "
              "versions gapless, balances never negative; the read model equals the streams"]
     layer_rows = _layer_table(profiled_ours, ours_profiles, profiled_noop, noop_profiles)
+    archived, archived_noop = sorted(zip(archived_runs, noop_runs, strict=True),
+                                     key=lambda p: p[0].rate / p[1].rate)[len(noop_runs) // 2]
+    archived_ratio = archived.rate / archived_noop.rate
     return [
         report(Result(f"2. HTTP throughput ({connections} clients, {ACCOUNTS} accounts, 60/40 mix, INFO logs, "
                       "bearer tokens)",
@@ -236,7 +250,45 @@ def http_throughput(seconds: int = 10, connections: int = 32, matrix_seconds: in
         report(Result("2b. server CPU per request (gunicorn master and workers, user + system)",
                       f"{cpu_ours.cpu_us:.0f} µs per deposit/withdrawal", f"{cpu_noop.cpu_us:.0f} µs per no-op request",
                       cpu_ratio, "≤ 2.0 (median of 3)", cpu_ratio <= 2.0, layer_rows)),
+        report(Result("2d. HTTP throughput while the archiver runs", f"{archived.rate:,.0f} requests/s",
+                      f"{archived_noop.rate:,.0f} requests/s on the no-op route (its rounds above, no archiver)",
+                      archived_ratio, "≥ 0.45 (median of 3)", archived_ratio >= 0.45,
+                      ["rounds (ours with the archiver / no-op): " + ", ".join(
+                          f"{o.rate:,.0f} / {n.rate:,.0f}" for o, n in zip(archived_runs, noop_runs, strict=True)),
+                       f"without the archiver (2, same run): {ours.rate:,.0f} requests/s", archiving])),
     ]
+
+
+def _with_archiver(client: redis.Redis, env: dict[str, str], chosen: tuple[int, str, int], connections: int,
+                   seconds: int, owner: Owner) -> tuple[list[Run], str]:
+    """``ROUNDS`` runs of ours on accounts of their own while an archiver thread moves their older events;
+    then every successful response checked in the histories read back through the archive."""
+    keys = KeySpace("b2a", 16)
+    ids = [f"acct-{i}" for i in range(ACCOUNTS)]
+    seed_accounts(client, keys, ids, SEED_EVENTS, owner=owner)
+    with tempfile.TemporaryDirectory() as folder:
+        archive = open_archive(f"file://{folder}", keys.prefix)
+        assert archive is not None
+        store = RedisEventStore(client, keys, 3600, archive=archive, archive_every=ARCHIVE_EVERY)
+        for partition in range(keys.partitions):
+            client.set(keys.lease(partition, "projector"), "bench|1")
+        owned = [(p, "bench|1") for p in range(keys.partitions)]
+        worker = ArchiveWorker(Archiver(client, keys, "projector", store, archive), lambda: owned, interval=0.25)
+        thread = worker.start()
+        archive_env = {**env, "LEDGER_KEY_PREFIX": keys.prefix, "ARCHIVE_URL": f"file://{folder}",
+                       "ARCHIVE_AFTER_EVENTS": str(ARCHIVE_EVERY)}
+        try:
+            runs = [_measure("ours, archiving", "gateway:create_app()", "mix.lua", archive_env, chosen, connections,
+                             seconds, client) for _ in range(ROUNDS)]
+        finally:
+            worker.stop()
+            thread.join(30)
+        moved = worker.health.archived
+        _check(client, keys, ids, runs, connections, history=store.read)
+        kept = sum(int(client.xlen(keys.stream(a))) for a in ids)
+    return runs, (f"the archiver moved {moved:,} events during the runs; {kept:,} events were left in the streams "
+                  f"of the {ACCOUNTS} accounts; every successful response found exactly once in the histories "
+                  "read back through the archive")
 
 
 def _layer_table(ours: Run, ours_profiles: list[Path], noop: Run, noop_profiles: list[Path]) -> list[str]:
@@ -249,10 +301,12 @@ def _layer_table(ours: Run, ours_profiles: list[Path], noop: Run, noop_profiles:
     return ["layers (µs of server CPU per request; user CPU split by py-spy samples):", *rows[:-1], kernel, total]
 
 
-def _check(client: redis.Redis, keys: KeySpace, ids: list[str], runs: list[Run], connections: int) -> int:
+def _check(client: redis.Redis, keys: KeySpace, ids: list[str], runs: list[Run], connections: int,
+           history: Callable[[str], list[RecordedEvent]] | None = None) -> int:
     """Every successful response is in the streams exactly once, with its amount; an event without a
     response can only be one wrk abandoned in flight when its time ran out (at most ``connections`` per
-    run). Versions run 1..n, balances never go below zero, and the read model equals the streams."""
+    run). Versions run 1..n, balances never go below zero, and the read model equals the streams. With
+    ``history`` (the archive's runs), the events are read through it, and the read model is not built."""
     successes: dict[str, int] = {}
     for run in runs:
         for request_id in run.ids:
@@ -260,7 +314,7 @@ def _check(client: redis.Redis, keys: KeySpace, ids: list[str], runs: list[Run],
         successes.update(dict.fromkeys(run.ids, 0))
     in_flight = total_change = 0
     for account_id in ids:
-        events = decode_entries(client.xrange(keys.stream(account_id)))
+        events = history(account_id) if history else decode_entries(client.xrange(keys.stream(account_id)))
         assert [e.version for e in events] == list(range(1, len(events) + 1))
         balance = 0
         for event in events[SEED_EVENTS:]:
@@ -277,6 +331,8 @@ def _check(client: redis.Redis, keys: KeySpace, ids: list[str], runs: list[Run],
     answered = sum(r.deposits for r in runs) * 200 - sum(r.withdrawals for r in runs) * 100
     assert answered <= total_change + in_flight * 100
     assert in_flight <= connections * len(runs), f"{in_flight} events without a response"
+    if history is not None:
+        return in_flight
     with tempfile.TemporaryDirectory() as tmp:
         mongo = MongoStandIn(Path(tmp)).start()
         try:

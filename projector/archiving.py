@@ -6,15 +6,16 @@ The append script marks an account due each time its version passes a multiple o
 in a thread of its own, so projection never waits on object storage. For one account:
 
 1. read every event its stream holds, and its snapshot (one round trip each);
-2. **upload** them as one segment: versions ``archived+1 .. last``. A segment of the same first version
-   left by a crash is not committed (nothing points at it) and is replaced;
+2. **upload** them as one segment: versions ``archived+1 .. last``, naming the committed segment before it;
+   the write is create-only (the same bytes already there are fine; other bytes are a conflict, reported and
+   left alone), and nothing is ever deleted: an upload a crash left uncommitted stays off the chain;
 3. **trim**, in one script fenced by our lease of the partition, which refuses unless the archive still ends
-   at ``archived`` (no one archived meanwhile), the stream still begins at ``archived+1`` and still holds
-   ``last`` with the segment's event id (the history uploaded is the history in Redis: a failover that lost
-   writes cannot make us drop the ones that replaced them). Before its first write it also makes sure a
-   snapshot at ``last`` or later exists (ours, folded from the uploaded events, unless a newer one is there),
-   so loading never needs the archive. Then it records ``archived = last`` in the snapshot hash and trims
-   the stream behind it;
+   at ``archived`` with the segment ours follows (no one archived meanwhile), the stream still begins at
+   ``archived+1``, and it still holds ``last`` with the uploaded event's id (the history uploaded is the
+   history in Redis: a failover that lost writes cannot make us drop the ones that replaced them). Before
+   its first write it makes sure a snapshot at ``last`` or later exists (ours, folded from the uploaded
+   events, unless a newer one is there), so loading never needs the archive. Then it records the new head
+   (``archived = last``, ``segment = first``) in the snapshot hash and trims the stream behind it;
 4. take the account off the due set.
 
 Upload first, trim second: a crash anywhere leaves every event in the stream, in a committed segment, or
@@ -36,7 +37,7 @@ import redis
 from projector.health import Health
 from projector.partition_log import redis_errors
 from shared import account
-from shared.archive import Archive, encode_segment
+from shared.archive import Archive, SegmentConflict, encode_segment
 from shared.errors import ArchiveUnavailable, LedgerError
 from shared.keys import KeySpace
 from shared.redis_store import RedisEventStore, snapshot_json
@@ -50,12 +51,14 @@ SEGMENT_MAX_EVENTS = 5_000
 #: Where the event id sits in an entry's flat field list (the stream's own order, FIELDS).
 _EVENT_ID = 2 * FIELDS.index("event_id") + 1
 
-# KEYS: lease, stream, snapshot. ARGV: lease value, first, last, the last event's id, our snapshot or "".
+# KEYS: lease, stream, snapshot. ARGV: lease value, first, last, the last event's id, our snapshot or "",
+# the first version of the segment before ours (0: none).
 # Reply: {-1} lease lost | {0, why} refused, nothing written | {1, entries trimmed}
 _TRIM = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {-1} end
 local first, last = tonumber(ARGV[2]), tonumber(ARGV[3])
-if tonumber(redis.call('HGET', KEYS[3], 'archived') or '0') ~= first - 1 then
+if tonumber(redis.call('HGET', KEYS[3], 'archived') or '0') ~= first - 1
+    or tonumber(redis.call('HGET', KEYS[3], 'segment') or '0') ~= tonumber(ARGV[6]) then
   return {0, 'the archive no longer ends where this segment begins'}
 end
 local head = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
@@ -73,8 +76,17 @@ if snapshot < last then
   if ARGV[5] == '' then return {0, 'no snapshot at or after version ' .. last} end
   redis.call('HSET', KEYS[3], 'version', last, 'state', ARGV[5])
 end
-redis.call('HSET', KEYS[3], 'archived', last)
-return {1, redis.call('XTRIM', KEYS[2], 'MINID', (last + 1) .. '-0')}
+redis.call('HSET', KEYS[3], 'archived', last, 'segment', first)
+local trimmed = redis.call('XTRIM', KEYS[2], 'MINID', (last + 1) .. '-0')
+if redis.call('XLEN', KEYS[2]) == 0 then
+  -- Trimming marks entries deleted inside the stream's last node, which stays allocated until it is full:
+  -- an emptied stream is made again, empty and with no node (the stream key stays: it is how scans find
+  -- the account; the version record, not the stream, gives the next version).
+  redis.call('DEL', KEYS[2])
+  redis.call('XGROUP', 'CREATE', KEYS[2], 'archiver', '$', 'MKSTREAM')
+  redis.call('XGROUP', 'DESTROY', KEYS[2], 'archiver')
+end
+return {1, trimmed}
 """
 
 
@@ -104,23 +116,19 @@ class Archiver:
         keys = self._keys.account(account_id)
         with redis_errors():
             entries: Any = self._redis.xrange(keys.stream, "-", "+", count=SEGMENT_MAX_EVENTS)
-        through = self._store.archived_through(account_id)
+        head = self._store.archive_head(account_id)
         if not entries:
             self._done(partition, account_id)
             return Archived(0)
         flat = [list(fields) if isinstance(fields, list) else _flatten(fields) for _, fields in entries]
-        name, blob = encode_segment(account_id, flat)
-        if name.first != through + 1:
-            return Archived(0, f"its stream begins at {name.first}, its archive ends at {through}")
+        name, blob = encode_segment(account_id, flat, head.first)
+        if name.first != head.last + 1:
+            return Archived(0, f"its stream begins at {name.first}, its archive ends at {head.last}")
         snapshot = self._snapshot_at(account_id, name.last)
-        path = self._archive.path(account_id, name)
-        for stale in self._archive.segments(account_id):  # an upload a crash left uncommitted
-            if stale.first == name.first and stale != name:
-                self._archive.storage.delete(self._archive.path(account_id, stale))
-        self._archive.storage.put(path, blob)
+        self._archive.storage.create(self._archive.path(account_id, name), blob)
         with redis_errors():
             reply = self._trim(keys=[self._keys.lease(partition, self._group), keys.stream, keys.snapshot],
-                               args=[lease, name.first, name.last, flat[-1][_EVENT_ID], snapshot])
+                               args=[lease, name.first, name.last, flat[-1][_EVENT_ID], snapshot, head.first])
         if int(reply[0]) == -1:
             return Archived(0, "our lease of the partition is gone")
         if int(reply[0]) == 0:
@@ -176,6 +184,10 @@ class ArchiveWorker:
     def _one(self, partition: int, lease: str, account_id: str) -> int:
         try:
             done = self.archiver.archive(partition, lease, account_id)
+        except SegmentConflict as exc:  # never overwritten: an operator looks (the account stays due)
+            self.health.archive_failures += 1
+            log.error("cannot archive %s: %s", account_id, exc.detail, extra={"fields": {"account_id": account_id}})
+            return 0
         except ArchiveUnavailable:
             raise
         except LedgerError as exc:  # this account's history cannot be archived as it is: say so, go on

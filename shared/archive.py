@@ -6,13 +6,18 @@ is named ``<root>/<key prefix>/<account id>/<first>-<last>.seg`` (versions zero-
 version). Its content is one JSON header line, then the entries:
 
     {"format": "ledgerstream-segment/1", "account_id": ..., "first": ..., "last": ..., "events": ...,
+     "previous": <first version of the segment before it, 0 for none>,
      "sha256": <hex digest of everything after the header line>}
     [[name, value, name, value, ...], ...]       each entry's fields, exactly as stored in the stream
 
-Redis records how far an account's history is archived (the ``archived`` field of its snapshot hash, set by
-the same guarded script that trims the stream), so the committed segments are exactly those ending at or
-before that version: together they hold versions ``1..archived``, each once. A segment ending after it is
-an upload whose trim never ran (a crash between the two), and is never read.
+Segments are created, never overwritten (a create-only write: an object of that name with other bytes is a
+conflict, reported), so a name stands for one content. Redis records the committed chain's head: how far the
+account is archived (``archived``) and where that last segment begins (``segment``), in its snapshot hash,
+set by the same guarded script that trims the stream. Each segment names the one before it, so the chain
+from the head down to version 1 is exact. Objects off the chain are uploads whose trim never ran (a crash,
+a refused trim, a replica that lost its lease meanwhile): harmless, never deleted by the archiver (deleting
+can race with another replica's use of the same object), and never read. Readers take the segments ending
+at or before ``archived``; only when some of those overlap do they walk the chain to tell which are committed.
 
 Storage adapters (``file_archive.py``, ``s3_archive.py``) only move bytes; every rule about segments is here.
 """
@@ -44,10 +49,21 @@ class SegmentMissing(Exception):
     """The storage holds no object of that name."""
 
 
+class SegmentConflict(ArchiveDamaged):
+    """A segment's name is taken by other bytes: never overwritten (the one there may be committed)."""
+
+
 class SegmentStorage(Protocol):
     """Bytes under names, in a bucket or a folder. Raises ``ArchiveUnavailable`` when it cannot be reached."""
 
-    def put(self, name: str, blob: bytes) -> None: ...
+    def create(self, name: str, blob: bytes) -> None:
+        """Store ``blob`` under a new name; nothing when exactly these bytes are there already;
+        ``SegmentConflict`` when other bytes are (a create-only write, never an overwrite)."""
+        ...
+
+    def put(self, name: str, blob: bytes) -> None:
+        """Store ``blob``, replacing what is there (operators restoring a segment; never the archiver)."""
+        ...
 
     def get(self, name: str) -> bytes:
         """The object's bytes; ``SegmentMissing`` when there is none."""
@@ -68,14 +84,21 @@ class SegmentName(NamedTuple):
         return f"{self.first:012d}-{self.last:012d}.seg"
 
 
+def same_or_conflict(name: str, blob: bytes, existing: bytes) -> None:
+    """What a create-only write does when the name is taken: nothing if the bytes are the same."""
+    if existing != blob:
+        raise SegmentConflict(f"{name} exists with other content; it is left as it is")
+
+
 def parse_name(file: str) -> SegmentName | None:
     match = _NAME.fullmatch(file)
     return None if match is None else SegmentName(int(match["first"]), int(match["last"]))
 
 
-def encode_segment(account_id: str, entries: Sequence[Sequence[bytes]]) -> tuple[SegmentName, bytes]:
+def encode_segment(account_id: str, entries: Sequence[Sequence[bytes]], previous: int = 0
+                   ) -> tuple[SegmentName, bytes]:
     """A segment of ``entries`` (flat ``[name, value, ...]`` field lists of consecutive versions, as XRANGE
-    returns them), and its name."""
+    returns them) following the committed segment that begins at ``previous`` (0: none), and its name."""
     events = decode_entries((b"", list(fields)) for fields in entries)  # refuses anything it could not read back
     versions = [e.version for e in events]
     if not versions or versions != list(range(versions[0], versions[0] + len(versions))):
@@ -85,13 +108,12 @@ def encode_segment(account_id: str, entries: Sequence[Sequence[bytes]]) -> tuple
     body = orjson.dumps([[value.decode() for value in fields] for fields in entries])
     name = SegmentName(versions[0], versions[-1])
     header = {"format": FORMAT, "account_id": account_id, "first": name.first, "last": name.last,
-              "events": len(events), "sha256": hashlib.sha256(body).hexdigest()}
+              "events": len(events), "previous": previous, "sha256": hashlib.sha256(body).hexdigest()}
     return name, orjson.dumps(header) + b"\n" + body
 
 
-def decode_segment(account_id: str, name: SegmentName, blob: bytes) -> list[RecordedEvent]:
-    """The events of a segment, after checking everything it says about itself against its name and bytes;
-    ``ArchiveDamaged`` (with the reason) when anything disagrees."""
+def _header(account_id: str, name: SegmentName, blob: bytes) -> dict[str, Any]:
+    """The segment's header, checked against its name and bytes (``ArchiveDamaged`` otherwise)."""
     header_line, _, body = blob.partition(b"\n")
     try:
         header = orjson.loads(header_line)
@@ -101,9 +123,22 @@ def decode_segment(account_id: str, name: SegmentName, blob: bytes) -> list[Reco
             raise ValueError("checksum mismatch")
         if (header.get("account_id"), header.get("first"), header.get("last")) != (account_id, *name):
             raise ValueError("its header names other versions or another account than its name")
+    except ValueError as exc:  # orjson's decode error is a ValueError
+        raise ArchiveDamaged(f"segment {name.file()} of {account_id}: {exc}") from exc
+    return header
+
+
+def decode_segment(account_id: str, name: SegmentName, blob: bytes) -> list[RecordedEvent]:
+    """The events of a segment, after checking everything it says about itself against its name and bytes;
+    ``ArchiveDamaged`` (with the reason) when anything disagrees."""
+    header = _header(account_id, name, blob)
+    body = blob.partition(b"\n")[2]
+    try:
         events = decode_entries((b"", [value.encode() for value in fields]) for fields in orjson.loads(body))
     except (ValueError, TypeError, AttributeError) as exc:  # orjson's decode error is a ValueError
         raise ArchiveDamaged(f"segment {name.file()} of {account_id}: {exc}") from exc
+    except CorruptHistory as exc:
+        raise ArchiveDamaged(f"segment {name.file()} of {account_id}: {exc.detail}") from exc
     if [e.version for e in events] != list(range(name.first, name.last + 1)) or header.get("events") != len(events):
         raise ArchiveDamaged(f"segment {name.file()} of {account_id}: its events are not versions "
                              f"{name.first} to {name.last}")
@@ -130,38 +165,58 @@ class Archive:
         found = (parse_name(file) for file in self.storage.names(self.folder(account_id)))
         return sorted(name for name in found if name is not None)
 
-    def read(self, account_id: str, after: int, through: int, limit: int | None = None) -> list[RecordedEvent]:
-        """Versions ``after+1 .. through`` (at most ``limit`` of them) from the committed segments, which
-        ``through`` (Redis's record of how far the account is archived) delimits. A version no segment holds,
-        or that two hold, and a segment failing its checks, are ``ArchiveDamaged``, logged as an ERROR with the
-        reason; the error raised says only what a client may be told (the reason is its ``__cause__``)."""
+    def read(self, account_id: str, after: int, head: SegmentName, limit: int | None = None) -> list[RecordedEvent]:
+        """Versions ``after+1 .. head.last`` (at most ``limit`` of them) from the committed segments, whose
+        head Redis records. A version no committed segment holds, a missing object, a segment failing its
+        checks, are ``ArchiveDamaged``, logged as an ERROR with the reason; the error raised says only what a
+        client may be told (the reason is its ``__cause__``)."""
         try:
-            return self._read(account_id, after, through, limit)
+            return self._read(account_id, after, head, limit)
         except ArchiveDamaged as exc:
             log.error("archived history of %s cannot be read: %s", account_id, exc.detail,
                       extra={"fields": {"account_id": account_id, "archive_damage": exc.detail}})
             raise ArchiveDamaged.for_client() from exc
 
-    def _read(self, account_id: str, after: int, through: int, limit: int | None) -> list[RecordedEvent]:
-        committed = [s for s in self.segments(account_id) if s.last <= through]
-        for one, two in pairwise(committed):
-            if two.first <= one.last:  # a committed history has one copy of each version: which is right?
-                raise ArchiveDamaged(f"segments {one.file()} and {two.file()} of {account_id} overlap")
+    def committed(self, account_id: str, head: SegmentName) -> list[SegmentName]:
+        """The committed segments, oldest first. Those ending at or before the head, when none overlap (the
+        chain tiles ``1..head.last``, so anything beside it would overlap it); otherwise the chain itself,
+        walked from the head by each segment's ``previous``."""
+        stored = [s for s in self.segments(account_id) if s.last <= head.last]
+        if all(two.first > one.last for one, two in pairwise(stored)):
+            return stored
+        log.warning("segments of %s overlap (uploads whose trim never ran): following the chain from its head",
+                    account_id, extra={"fields": {"account_id": account_id}})
+        chain: list[SegmentName] = []
+        at: SegmentName | None = head
+        while at is not None:
+            if at not in stored:
+                raise ArchiveDamaged(f"segment {at.file()} of {account_id}, on its committed chain, is missing")
+            chain.append(at)
+            previous = int(_header(account_id, at, self._get(account_id, at)).get("previous") or 0)
+            at = SegmentName(previous, at.first - 1) if at.first > 1 else None
+            if at is not None and not 1 <= at.first <= at.last:
+                raise ArchiveDamaged(f"segment {chain[-1].file()} of {account_id} names no valid predecessor")
+        return chain[::-1]
+
+    def _get(self, account_id: str, segment: SegmentName) -> bytes:
+        try:
+            return self.storage.get(self.path(account_id, segment))
+        except SegmentMissing:
+            raise ArchiveDamaged(f"segment {segment.file()} of {account_id} was listed but cannot be found") \
+                from None
+
+    def _read(self, account_id: str, after: int, head: SegmentName, limit: int | None) -> list[RecordedEvent]:
+        through = head.last
+        committed = self.committed(account_id, head)
         wanted = through - after if limit is None else min(limit, through - after)
         events: list[RecordedEvent] = []
         need = after + 1
         while len(events) < wanted:
             holding = [s for s in committed if s.first <= need <= s.last]
-            if len(holding) != 1:
-                problem = "no segment holds" if not holding else f"{len(holding)} segments hold"
-                raise ArchiveDamaged(f"{problem} version {need} of {account_id}")
+            if not holding:
+                raise ArchiveDamaged(f"no segment holds version {need} of {account_id}")
             segment = holding[0]
-            try:
-                blob = self.storage.get(self.path(account_id, segment))
-            except SegmentMissing:
-                raise ArchiveDamaged(f"segment {segment.file()} of {account_id} was listed but cannot be found") \
-                    from None
-            events += decode_segment(account_id, segment, blob)[need - segment.first:]
+            events += decode_segment(account_id, segment, self._get(account_id, segment))[need - segment.first:]
             need = segment.last + 1
         return events[:wanted]
 

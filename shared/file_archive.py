@@ -1,15 +1,18 @@
 """Archive segments as files under a folder (``ARCHIVE_URL=file:///path``): local development and tests.
 
-A segment is written to a temporary file in the same folder, flushed to disk and renamed into place, so a
-reader (or a crash) never sees half a segment.
+A segment is written to a temporary file in the same folder, flushed to disk and linked into place (a link
+fails where the name exists, so a segment is never overwritten), so a reader (or a crash) never sees half a
+segment.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Callable
 
-from shared.archive import SegmentMissing
+from shared.archive import SegmentMissing, same_or_conflict
 from shared.errors import ArchiveUnavailable
 
 
@@ -20,7 +23,17 @@ class FileStorage:
     def _path(self, name: str) -> str:
         return os.path.join(self.root, *name.split("/"))
 
+    def create(self, name: str, blob: bytes) -> None:
+        # link() fails when the name exists, where rename() would replace it: a create-only write.
+        try:
+            self._write(name, blob, os.link)
+        except FileExistsError:
+            same_or_conflict(name, blob, self.get(name))
+
     def put(self, name: str, blob: bytes) -> None:
+        self._write(name, blob, os.replace)
+
+    def _write(self, name: str, blob: bytes, into_place: Callable[[str, str], None]) -> None:
         path = self._path(name)
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -30,10 +43,12 @@ class FileStorage:
                     out.write(blob)
                     out.flush()
                     os.fsync(out.fileno())
-                os.replace(temporary, path)
-            except BaseException:
-                os.unlink(temporary)
-                raise
+                into_place(temporary, path)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temporary)
+        except FileExistsError:
+            raise
         except OSError as exc:
             raise ArchiveUnavailable.unreachable() from exc
 

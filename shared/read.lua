@@ -3,7 +3,8 @@
 --
 -- KEYS[1] account stream    KEYS[2] snapshot
 -- ARGV[1] the first entry id wanted    ARGV[2] the most entries wanted, or "" for all
--- Reply: {the last archived version or false, {entries}}
+-- Reply: {{the last archived version, the first version of the last archived segment} (false for none),
+--         {entries}}
 
 local entries
 if ARGV[2] == '' then
@@ -11,4 +12,4 @@ if ARGV[2] == '' then
 else
   entries = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])
 end
-return {redis.call('HGET', KEYS[2], 'archived'), entries}
+return {redis.call('HMGET', KEYS[2], 'archived', 'segment'), entries}

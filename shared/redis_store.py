@@ -22,7 +22,7 @@ import redis
 from redis.exceptions import AskError, MovedError, NoScriptError, OutOfMemoryError
 
 from shared.account import Account
-from shared.archive import Archive
+from shared.archive import Archive, SegmentName
 from shared.config import DEFAULT_ARCHIVE_AFTER_EVENTS, DEFAULT_LOG_MAX_ENTRIES
 from shared.errors import ArchiveUnavailable, CorruptHistory, StoreFull, StoreUnavailable
 from shared.event_store import (
@@ -119,8 +119,8 @@ class RedisEventStore:
     def read(self, account_id: str, after_version: int = 0, limit: int | None = None) -> list[RecordedEvent]:
         account_keys = self._keys.account(account_id)
         try:
-            archived, entries = self._run(self._read, [account_keys.stream, account_keys.snapshot],
-                                          [f"{after_version + 1}-0", limit or ""])
+            (archived, head_first), entries = self._run(self._read, [account_keys.stream, account_keys.snapshot],
+                                                        [f"{after_version + 1}-0", limit or ""])
         except UNAVAILABLE_ERRORS as exc:
             raise StoreUnavailable.unreachable() from exc
         live = decode_entries(entries)
@@ -131,7 +131,7 @@ class RedisEventStore:
             log.error("versions 1 to %d of %s are archived, and no ARCHIVE_URL is set", through, account_id)
             raise ArchiveUnavailable("this part of the account's history is archived, and this deployment has "
                                      "no archive configured")
-        older = self._archive.read(account_id, after_version, through, limit)
+        older = self._archive.read(account_id, after_version, SegmentName(int(head_first or 0), through), limit)
         return older + (live if limit is None else live[:max(0, limit - len(older))])
 
     def version_record(self, account_id: str) -> int:
@@ -142,9 +142,13 @@ class RedisEventStore:
 
     def archived_through(self, account_id: str) -> int:
         """The last version of the account that lives in the archive rather than its stream (0: none)."""
+        return self.archive_head(account_id).last
+
+    def archive_head(self, account_id: str) -> SegmentName:
+        """The account's last committed archive segment (``SegmentName(0, 0)``: nothing archived)."""
         with unavailable_as_store_error():
-            found = self._run.raw("HGET", self._keys.snapshot(account_id), "archived")
-        return int(found or 0)
+            found: Any = self._run.raw("HMGET", self._keys.snapshot(account_id), "segment", "archived")
+        return SegmentName(int(found[0] or 0), int(found[1] or 0))
 
     def append(self, account_id: str, expected_version: int, events: Sequence[NewEvent],
                idempotency: IdempotencyWrite | None = None, snapshot: Account | None = None) -> AppendOutcome:

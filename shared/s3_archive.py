@@ -1,8 +1,9 @@
 """Archive segments as S3 objects (``ARCHIVE_URL=s3://bucket/prefix``).
 
 The client is boto3's: credentials, region and endpoint (``AWS_ENDPOINT_URL_S3``, for a local S3) come from
-the usual AWS environment and roles. An S3 PUT is atomic, so a reader never sees half a segment; S3 is
-strongly consistent for reads after writes and for listings.
+the usual AWS environment and roles. An S3 PUT is atomic, so a reader never sees half a segment, and the
+archiver's are conditional (``If-None-Match: *``, S3 since 2024), so none replaces another; S3 is strongly
+consistent for reads after writes and for listings.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from shared.archive import SegmentMissing
+from shared.archive import SegmentMissing, same_or_conflict
 from shared.errors import ArchiveUnavailable
 
 #: Retries with backoff inside the client (its "standard" mode), then our error: a request has a deadline.
@@ -25,6 +26,17 @@ class S3Storage:
         self.bucket = bucket
         self.prefix = f"{prefix}/" if prefix else ""
         self._s3: Any = boto3.client("s3", config=_CLIENT_CONFIG, **client_options)
+
+    def create(self, name: str, blob: bytes) -> None:
+        # If-None-Match: * makes S3 refuse the write (412) when the key exists: a create-only write.
+        try:
+            self._s3.put_object(Bucket=self.bucket, Key=self.prefix + name, Body=blob, IfNoneMatch="*")
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "412"):
+                raise ArchiveUnavailable.unreachable() from exc
+            same_or_conflict(name, blob, self.get(name))
+        except BotoCoreError as exc:
+            raise ArchiveUnavailable.unreachable() from exc
 
     def put(self, name: str, blob: bytes) -> None:
         try:

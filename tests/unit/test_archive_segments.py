@@ -5,7 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from shared.archive import Archive, SegmentMissing, SegmentName, decode_segment, encode_segment, parse_name
+from shared.archive import (
+    Archive,
+    SegmentConflict,
+    SegmentMissing,
+    SegmentName,
+    decode_segment,
+    encode_segment,
+    parse_name,
+    same_or_conflict,
+)
 from shared.errors import ArchiveDamaged, CorruptHistory
 from shared.stream_codec import FIELDS, encode
 from tests.support.events import history
@@ -22,6 +31,11 @@ def _entries(account_id: str, first: int, count: int) -> list[list[bytes]]:
 class DictStorage:
     def __init__(self) -> None:
         self.objects: dict[str, bytes] = {}
+
+    def create(self, name: str, blob: bytes) -> None:
+        if name in self.objects:
+            same_or_conflict(name, blob, self.objects[name])
+        self.objects[name] = blob
 
     def put(self, name: str, blob: bytes) -> None:
         self.objects[name] = blob
@@ -74,31 +88,58 @@ def test_a_segment_needs_consecutive_versions_of_one_account() -> None:
         encode_segment("acc-2", entries)
 
 
+def _store(archive: Archive, entries: list[list[bytes]], previous: int = 0) -> SegmentName:
+    name, blob = encode_segment("acc-1", entries, previous)
+    archive.storage.create(archive.path("acc-1", name), blob)
+    return name
+
+
 def test_reading_spans_segments_and_ignores_uncommitted_ones() -> None:
     archive = Archive(DictStorage(), "pfx")
-    entries = _entries("acc-1", 1, 9)
-    for chunk in (entries[0:4], entries[4:9]):
-        name, blob = encode_segment("acc-1", chunk)
-        archive.storage.put(archive.path("acc-1", name), blob)
-    uncommitted, blob = encode_segment("acc-1", _entries("acc-1", 5, 6))  # a crash's upload past "through"
-    archive.storage.put(archive.path("acc-1", uncommitted), blob)
-    assert [e.version for e in archive.read("acc-1", 0, 9)] == list(range(1, 10))
-    assert [e.version for e in archive.read("acc-1", 2, 9, limit=4)] == [3, 4, 5, 6]
-    assert archive.read("acc-1", 9, 9) == []
+    entries = _entries("acc-1", 1, 10)
+    _store(archive, entries[0:4])
+    head = _store(archive, entries[4:9], previous=1)
+    _store(archive, entries[4:10], previous=1)  # an upload past the head: its trim never ran
+    assert [e.version for e in archive.read("acc-1", 0, head)] == list(range(1, 10))
+    assert [e.version for e in archive.read("acc-1", 2, head, limit=4)] == [3, 4, 5, 6]
+    assert archive.read("acc-1", 9, head) == []
 
 
-def test_a_gap_or_an_overlap_is_damage(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("orphan", ["same history", "a history Redis lost"])
+def test_overlapping_uploads_are_resolved_by_the_chain(orphan: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A crash left 1-7 uploaded, and 1-8 was committed later: the head's chain says which is history, even
+    when the orphan holds events a failover lost."""
+    archive = Archive(DictStorage(), "pfx")
+    entries = _entries("acc-1", 1, 8)
+    lost = entries[:4] + _entries("acc-1", 5, 3) if orphan != "same history" else entries
+    _store(archive, lost[0:7])
+    head = _store(archive, entries[0:8])
+    read = archive.read("acc-1", 0, head)
+    assert [e.event_id for e in read] == [fields[7].decode() for fields in entries]
+    assert "chain" in caplog.text
+
+
+def test_a_name_is_never_taken_by_other_bytes() -> None:
+    archive = Archive(DictStorage(), "pfx")
+    entries = _entries("acc-1", 1, 4)
+    name = _store(archive, entries)
+    _store(archive, entries)  # the same bytes again: nothing happens
+    with pytest.raises(SegmentConflict):
+        _store(archive, _entries("acc-1", 1, 4))  # the same versions, other events
+    assert decode_segment("acc-1", name, archive.storage.get(archive.path("acc-1", name)))[0].event_id == \
+        entries[0][7].decode()
+
+
+def test_a_gap_or_a_missing_link_is_damage(caplog: pytest.LogCaptureFixture) -> None:
     archive = Archive(DictStorage(), "pfx")
     entries = _entries("acc-1", 1, 9)
-    for chunk in (entries[0:4], entries[6:9]):
-        name, blob = encode_segment("acc-1", chunk)
-        archive.storage.put(archive.path("acc-1", name), blob)
+    _store(archive, entries[0:4])
+    head = _store(archive, entries[6:9], previous=5)
     with pytest.raises(ArchiveDamaged) as caught:
-        archive.read("acc-1", 0, 9)
+        archive.read("acc-1", 0, head)
     assert "no segment holds version 5" in str(caught.value.__cause__) and "version" not in caught.value.detail
     assert any(r.levelname == "ERROR" and "acc-1" in r.getMessage() for r in caplog.records)
-    name, blob = encode_segment("acc-1", entries[3:7])
-    archive.storage.put(archive.path("acc-1", name), blob)
+    _store(archive, entries[2:8])  # overlaps: the chain is walked, and its 5-6 is not there
     with pytest.raises(ArchiveDamaged) as caught:
-        archive.read("acc-1", 0, 9)
-    assert "overlap" in str(caught.value.__cause__)
+        archive.read("acc-1", 0, head)
+    assert "missing" in str(caught.value.__cause__)
