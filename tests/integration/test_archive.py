@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -26,7 +26,7 @@ from projector.partition_log import stream_accounts
 from projector.read_model import document_state
 from projector.wiring import Wiring, assemble
 from shared import runtime
-from shared.archive import Archive, open_archive
+from shared.archive import Archive, open_archive, parse_name
 from shared.event_store import Appended
 from shared.keys import KeySpace
 from shared.redis_store import RedisEventStore
@@ -270,10 +270,13 @@ def test_a_damaged_segment_is_reported_for_that_account_only(kit: Kit, how: str,
     assert len(damaged) == 1 and damaged[0].startswith("dmg-1:")
 
 
+def _pooled(client: redis.Redis) -> redis.Redis:
+    """A client on a pool (the service's keeps one connection: not for several threads); a cluster's pools."""
+    return client if hasattr(client, "nodes_manager") else redis.Redis(connection_pool=client.connection_pool)
+
+
 def _wiring(kit: Kit) -> Wiring:
-    client = redis.Redis(connection_pool=kit.client.connection_pool) if not hasattr(kit.client, "nodes_manager") \
-        else kit.client
-    return assemble(client, kit.keys, settings("mongodb://unused:1", "unused"), model=InMemoryReadModel(),
+    return assemble(_pooled(kit.client), kit.keys, settings("mongodb://unused:1", "unused"), model=InMemoryReadModel(),
                     block_ms=100, archive=kit.archive, archive_every=EVERY)
 
 
@@ -341,14 +344,31 @@ def _pause_writes(client: redis.Redis, milliseconds: int) -> None:
             node.execute_command("CLIENT", "UNPAUSE")
 
 
-def _caught_between_upload_and_trim(client: redis.Redis, uncommitted: Callable[[], set[tuple[str, int]]]) -> bool:
-    """Pause writes a moment and look for an upload whose trim has not run: true leaves the pause on (the
-    archiver is held between the two steps until the caller kills it and unpauses)."""
-    _pause_writes(client, 2_000)
-    if uncommitted():
-        return True
-    _pause_writes(client, 0)
-    return False
+class UploadTrap:
+    """In moto's server (this process): when armed, the next segment upload lands, and then Redis's writes are
+    paused before S3 answers, so the archiver that sent it is held between its upload and its trim."""
+
+    def __init__(self, client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+        from moto.s3.models import S3Backend
+
+        self.armed, self.sprung = threading.Event(), threading.Event()
+        self.key = ""
+        original = S3Backend.put_object
+
+        def put_object(backend: Any, bucket_name: str, key_name: str, *args: Any, **kwargs: Any) -> Any:
+            stored = original(backend, bucket_name, key_name, *args, **kwargs)
+            if key_name.endswith(".seg") and self.armed.is_set():
+                self.armed.clear()
+                _pause_writes(client, 10_000)
+                self.key = key_name
+                self.sprung.set()
+            return stored
+
+        monkeypatch.setattr(S3Backend, "put_object", put_object)
+
+    def arm(self) -> None:
+        self.sprung.clear()
+        self.armed.set()
 
 
 class Writer:
@@ -387,41 +407,45 @@ class Writer:
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_sigkilled_archiver_processes_lose_no_event(live_env: KeySpace, redis_target: RedisTarget, mongo_db: str,
-                                                     mongo_standin: MongoStandIn, s3_server: dict[str, str]) -> None:
-    """A real ``python -m projector`` archiving to S3 (moto's server) is SIGKILLed again and again, each time
-    just after it moved something, while a writer keeps appending; then one runs to the end. Every account's
+                                                     mongo_standin: MongoStandIn, s3_server: dict[str, str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real ``python -m projector`` archiving to S3 (moto's server) is SIGKILLed again and again while a writer
+    keeps appending: five times held between an upload and its trim (``UploadTrap``), five times just after a
+    trim; then one runs to the end. Every account's
     history reads back complete and exact, and ``verify --deep`` finds nothing."""
     keys, url = live_env, "s3://ledger-archive/kill"
     archive = open_archive(url, keys.prefix)
     assert archive is not None
-    client = runtime.redis_client()
+    client = _pooled(runtime.redis_client())  # shared by the writer, the trap and the checks
     store = RedisEventStore(client, keys, 3600, archive=archive, archive_every=3)
     accounts = [f"kill-{n}" for n in range(24)]
     env = process_env(keys, redis_target, mongo_standin.uri, mongo_db, **s3_server, ARCHIVE_URL=url,
-                      ARCHIVE_AFTER_EVENTS="3", PROJECTOR_ARCHIVE_PER_PASS="2", PROJECTOR_LEASE_TTL_SECONDS="1",
+                      ARCHIVE_AFTER_EVENTS="3", PROJECTOR_ARCHIVE_PER_PASS="2", PROJECTOR_LEASE_TTL_SECONDS="2",
                       LOG_LEVEL="WARNING")
 
     def archived() -> int:
         return sum(store.archived_through(a) for a in accounts)
 
-    def uncommitted() -> set[tuple[str, int]]:
-        return {(a, seg.first) for a in accounts for seg in archive.segments(a) if seg.last > store.archived_through(a)}
-
+    trap = UploadTrap(client, monkeypatch)
     kills = {"after an upload, before its trim": 0, "just after a trim": 0}
     with Writer(store, accounts) as writer:
         for round_ in range(10):
-            before, left = archived(), uncommitted()  # a kill's upload stays until the next archiving replaces it
+            before = archived()
             process = ProjectorProcess(env)
             try:
                 if round_ % 2:
                     wait_until(lambda: archived() > before, 60, "the projector archiving something")  # noqa: B023
                     kills["just after a trim"] += 1
                 else:
-                    wait_until(lambda: _caught_between_upload_and_trim(client, lambda: uncommitted() - left), 60,  # noqa: B023
-                               "an upload whose trim has not run")
+                    trap.arm()
+                    wait_until(trap.sprung.is_set, 60, "a segment upload")
+                    *_, trapped, file = trap.key.split("/")
+                    segment = parse_name(file)
+                    assert segment is not None and segment.last > store.archived_through(trapped), trap.key
                     kills["after an upload, before its trim"] += 1
             finally:
                 process.kill()
+                trap.armed.clear()
                 _pause_writes(client, 0)
 
     def settled() -> bool:
@@ -437,8 +461,7 @@ def test_sigkilled_archiver_processes_lose_no_event(live_env: KeySpace, redis_ta
     for account_id, ids in writer.written.items():
         events = store.read(account_id)
         assert [e.event_id for e in events] == ids and [e.version for e in events] == list(range(1, len(ids) + 1))
-    wiring = assemble(redis.Redis(connection_pool=client.connection_pool) if not hasattr(client, "nodes_manager")
-                      else client, keys, settings(mongo_standin.uri, mongo_db), archive=archive, archive_every=3)
+    wiring = assemble(client, keys, settings(mongo_standin.uri, mongo_db), archive=archive, archive_every=3)
     report = verification.verify(keys, wiring.model, wiring.history, stream_accounts(client, keys), progress=False,
                                  deep=wiring.stored)
     assert report.ok and report.accounts == len(accounts), report.differences
