@@ -5,7 +5,7 @@ where each request's server CPU goes, by layer (bench/layers.py). Every request 
 Both apps log at INFO (ours writes its one JSON line per request; the no-op has nothing to say). The ratio is
 the median of three rounds that alternate ours and the no-op, so both see the same machine noise.
 
-2d runs ours again while an archiver (the projector's, in a thread of this process, every lease held) moves
+2e runs ours again while an archiver (the projector's, in a thread of this process, every lease held) moves
 the accounts' older events to a folder as the load makes them due (``ARCHIVE_AFTER_EVENTS`` = 10), on
 accounts of their own, and compares it with the same no-op rounds: what archiving costs the write path.
 """
@@ -250,7 +250,7 @@ def http_throughput(seconds: int = 10, connections: int = 32, matrix_seconds: in
         report(Result("2b. server CPU per request (gunicorn master and workers, user + system)",
                       f"{cpu_ours.cpu_us:.0f} µs per deposit/withdrawal", f"{cpu_noop.cpu_us:.0f} µs per no-op request",
                       cpu_ratio, "≤ 2.0 (median of 3)", cpu_ratio <= 2.0, layer_rows)),
-        report(Result("2d. HTTP throughput while the archiver runs", f"{archived.rate:,.0f} requests/s",
+        report(Result("2e. HTTP throughput while the archiver runs", f"{archived.rate:,.0f} requests/s",
                       f"{archived_noop.rate:,.0f} requests/s on the no-op route (its rounds above, no archiver)",
                       archived_ratio, "≥ 0.45 (median of 3)", archived_ratio >= 0.45,
                       ["rounds (ours with the archiver / no-op): " + ", ".join(

@@ -8,24 +8,31 @@ consistent for reads after writes and for listings.
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from shared.archive import SegmentMissing, same_or_conflict
 from shared.errors import ArchiveUnavailable
-
-#: Retries with backoff inside the client (its "standard" mode), then our error: a request has a deadline.
-_CLIENT_CONFIG = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=2, read_timeout=5)
 
 
 class S3Storage:
     def __init__(self, bucket: str, prefix: str = "", **client_options: Any) -> None:
         self.bucket = bucket
         self.prefix = f"{prefix}/" if prefix else ""
-        self._s3: Any = boto3.client("s3", config=_CLIENT_CONFIG, **client_options)
+        self._options = client_options
+
+    @cached_property
+    def _s3(self) -> Any:
+        """Made on first use: most requests never reach the archive, and a Lambda cold start should not pay
+        for boto3's client (about 100 ms) before it needs one."""
+        import boto3
+        from botocore.config import Config
+
+        # Retries with backoff inside the client ("standard" mode), then our error: a request has a deadline.
+        config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=2, read_timeout=5)
+        return boto3.client("s3", config=config, **self._options)
 
     def create(self, name: str, blob: bytes) -> None:
         # If-None-Match: * makes S3 refuse the write (412) when the key exists: a create-only write.
