@@ -96,6 +96,8 @@ class PartitionCollector(Collector):
             "ledger_projector_owned": ("1 when some replica holds the partition's lease", lambda r: int(bool(r.owner))),
             "ledger_projector_log_entries": ("Entries the partition log holds (trimmed behind every group)",
                                              lambda r: r.length),
+            "ledger_projector_archive_due": ("Accounts waiting for the archiver to move their older events",
+                                             lambda r: r.archive_due),
         }
         for name, (text, read) in gauges.items():
             family = GaugeMetricFamily(name, text, labels=["partition"])

@@ -177,6 +177,11 @@ class PartitionLog:
         with redis_errors():
             return int(self._redis.xlen(self._key(partition)))
 
+    def archive_due(self, partition: int) -> int:
+        """Accounts of the partition waiting for the archiver (0 without an archive)."""
+        with redis_errors():
+            return int(self._redis.scard(self.keys.archive_due(partition)))
+
     def count_after(self, partition: int, after: str, cap: int) -> int:
         """Entries after ``after`` (exclusive), counting at most ``cap``."""
         start = "-" if after == "0-0" else f"({after}"

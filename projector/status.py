@@ -41,6 +41,8 @@ class PartitionStatus:
     quarantined: int
     diverged: str | None
     problems: list[str] = field(default_factory=list)
+    #: Accounts waiting for the archiver (ARCHIVE_URL): a number that keeps growing means it is not running.
+    archive_due: int = 0
 
 
 def status(partition_log: PartitionLog, dead_letters: DeadLetters, leases: PartitionLeases, model: ReadModel,
@@ -62,7 +64,8 @@ def status(partition_log: PartitionLog, dead_letters: DeadLetters, leases: Parti
         diverged = _divergence(finding)
         row = PartitionStatus(partition, view.owner, partition_log.length(partition), lag, lag_age,
                               info.pending if info else 0, oldest, progress, finding.keep,
-                              partition_log.end(partition), parked, quarantined, diverged)
+                              partition_log.end(partition), parked, quarantined, diverged,
+                              archive_due=partition_log.archive_due(partition))
         row.problems.extend(_problems(row, stall_s))
         rows.append(row)
     return rows

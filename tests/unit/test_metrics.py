@@ -196,7 +196,7 @@ def _text(registry: CollectorRegistry) -> str:
 def test_the_projector_reports_its_tallies_and_every_partition() -> None:
     health = Health(owned=(0,), events_applied=7, takeovers=1, repairs=2, reprojected=5, batches=3, trimmed=40,
                     archived=90, archive_refused=2, archive_failures=1)
-    waiting = PartitionStatus(2, "r2", 10, 4, 9.0, 4, 7.5, 30.0, "1-0", "2-0", 0, 1, None)
+    waiting = PartitionStatus(2, "r2", 10, 4, 9.0, 4, 7.5, 30.0, "1-0", "2-0", 0, 1, None, archive_due=12)
     rows = [_row(0, 0), _row(1, 3, owner=None, parked=2), waiting]
     text = _text(registry(health, lambda: rows, lambda: [NodeMemory("redis", 1000, 4000)]))
     for line in ('ledger_projector_pending{partition="2"} 4.0',
@@ -207,7 +207,8 @@ def test_the_projector_reports_its_tallies_and_every_partition() -> None:
                  'ledger_projector_quarantined 1.0', 'ledger_projector_repairs_total 2.0',
                  'ledger_projector_reprojected_total 5.0', 'ledger_projector_batches_total 3.0',
                  'ledger_projector_log_trimmed_total 40.0', 'ledger_projector_archived_events_total 90.0',
-                 'ledger_projector_archive_refused_total 2.0', 'ledger_projector_archive_failures_total 1.0',
+                 'ledger_projector_archive_refused_total 2.0', 'ledger_projector_archive_due{partition="2"} 12.0',
+                 'ledger_projector_archive_failures_total 1.0',
                  'ledger_projector_applied_total 7.0', 'ledger_projector_lease_takeovers_total 1.0',
                  'ledger_projector_partitions_owned 1.0', 'ledger_projector_lag_entries{partition="1"} 3.0',
                  'ledger_projector_lag_seconds{partition="1"} 2.5', 'ledger_projector_lag_seconds{partition="0"} 0.0',
