@@ -29,6 +29,7 @@ from projector.trimming import LogTrimmer
 from shared.account import Account
 from shared.archive import Archive, open_archive
 from shared.config import DEFAULT_ARCHIVE_AFTER_EVENTS, Settings
+from shared.errors import ArchiveUnavailable, StoreUnavailable
 from shared.events import RecordedEvent
 from shared.keys import KeySpace
 from shared.redis_client import build_client, is_cluster, memory
@@ -56,7 +57,8 @@ class Wiring:
     store: RedisEventStore | None = None
 
     def runner(self) -> Runner:
-        return Runner(self.group, self.log, self.dead_letters, self.leases, self.model, self.history, self.settings,
+        return Runner(self.group, self.log, self.dead_letters, self.leases, self.model,
+                      archive_as_outage(self.history), self.settings,
                       self.node_of, self.block_ms, identity=self.identity,
                       trimmer=LogTrimmer(self.client, self.keys, self.settings.group))
 
@@ -84,6 +86,19 @@ class Wiring:
     @property
     def identity(self) -> StoreIdentity:
         return StoreIdentity(self.client, self.keys, self.model)
+
+
+def archive_as_outage(history: History) -> History:
+    """For the loop: archived history it cannot read now (S3 down, a damaged segment, logged by the archive as
+    an ERROR) is an outage of the event store, so it backs off and acknowledges nothing, rather than apply a
+    partial history or park an event that is fine. The operator commands see the archive's own error."""
+    def read(account_id: str, after: int, up_to: int | None) -> list[RecordedEvent]:
+        try:
+            return history(account_id, after, up_to)
+        except ArchiveUnavailable as exc:
+            reason = exc.__cause__ if isinstance(exc.__cause__, ArchiveUnavailable) else exc
+            raise StoreUnavailable(f"archived history of {account_id} cannot be read: {reason.detail}") from exc
+    return read
 
 
 def wire(settings: Settings, projector: ProjectorSettings) -> Wiring:

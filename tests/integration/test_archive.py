@@ -5,6 +5,7 @@ reported (503 for that account's history only, an ERROR line, ``verify --deep``)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -27,6 +28,7 @@ from projector.read_model import document_state
 from projector.wiring import Wiring, assemble
 from shared import runtime
 from shared.archive import Archive, open_archive, parse_name
+from shared.errors import StoreUnavailable
 from shared.event_store import Appended
 from shared.keys import KeySpace
 from shared.redis_store import RedisEventStore
@@ -465,3 +467,34 @@ def test_sigkilled_archiver_processes_lose_no_event(live_env: KeySpace, redis_ta
     report = verification.verify(keys, wiring.model, wiring.history, stream_accounts(client, keys), progress=False,
                                  deep=wiring.stored)
     assert report.ok and report.accounts == len(accounts), report.differences
+
+
+def test_the_projector_backs_off_on_history_it_cannot_read_then_catches_up(kit: Kit) -> None:
+    """A read model that needs archived history (here: logs trimmed before it ever ran) while a segment is
+    damaged: the loop backs off as for an outage, writes and parks nothing, and catches up once the segment
+    is restored."""
+    _open("gap-1", 6)
+    kit.archive_all()
+    (segment,) = kit.archive.segments("gap-1")
+    path = kit.archive.path("gap-1", segment)
+    good = kit.archive.storage.get(path)
+    _damage(kit, "gap-1", "corrupt")
+    for partition in range(kit.keys.partitions):
+        kit.client.xtrim(kit.keys.partition_log(partition), maxlen=0)
+    kit.client.delete(*(kit.keys.lease(p, "projector") for p in range(kit.keys.partitions)))
+    assert call("deposit", "gap-1", {"amount": "1"})["statusCode"] == 200
+    wiring = _wiring(kit)
+    runner = wiring.runner()
+    model: Any = wiring.model
+    for _ in range(20):
+        with contextlib.suppress(StoreUnavailable):
+            runner.step()
+    assert model.find("gap-1") is None
+    assert not wiring.dead_letters.parked(range(kit.keys.partitions))
+
+    kit.archive.storage.put(path, good)
+    drain(runner)
+    assert document_state(model.find("gap-1")).version == 8
+    report = verification.verify(kit.keys, model, wiring.history, stream_accounts(kit.client, kit.keys),
+                                 progress=False, deep=wiring.stored)
+    assert report.ok, report.differences
