@@ -6,7 +6,7 @@ Both apps log at INFO (ours writes its one JSON line per request; the no-op has 
 the median of three rounds that alternate ours and the no-op, so both see the same machine noise.
 
 2e runs ours again while an archiver (the projector's, in a thread of this process, every lease held) moves
-the accounts' older events to a folder as the load makes them due (``ARCHIVE_AFTER_EVENTS`` = 10), on
+the accounts' older events to a folder as the load makes them due (``ARCHIVE_AFTER_EVENTS`` at its default), on
 accounts of their own, and compares it with the same no-op rounds: what archiving costs the write path.
 """
 
@@ -35,6 +35,7 @@ from devstack.redis_server import free_port
 from projector.archiving import Archiver, ArchiveWorker
 from shared import account
 from shared.archive import open_archive
+from shared.config import DEFAULT_ARCHIVE_AFTER_EVENTS
 from shared.events import RecordedEvent
 from shared.keys import KeySpace
 from shared.principal import Owner
@@ -51,7 +52,8 @@ MATRIX = ((2, "sync", 1), (3, "sync", 1), (4, "sync", 1), (5, "sync", 1), (2, "g
 SEED_EVENTS = 10  # open + 9 deposits of 1.00
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 ROUNDS = 3
-ARCHIVE_EVERY = 10
+#: The shipped default: what a deployment runs with.
+ARCHIVE_EVERY = DEFAULT_ARCHIVE_AFTER_EVENTS
 
 
 @dataclass
