@@ -3,6 +3,8 @@ match its name, its header or its checksum is refused as damaged, never read as 
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from shared.archive import (
@@ -109,6 +111,7 @@ def test_reading_spans_segments_and_ignores_uncommitted_ones() -> None:
 def test_overlapping_uploads_are_resolved_by_the_chain(orphan: str, caplog: pytest.LogCaptureFixture) -> None:
     """A crash left 1-7 uploaded, and 1-8 was committed later: the head's chain says which is history, even
     when the orphan holds events a failover lost."""
+    caplog.set_level(logging.WARNING, logger="ledgerstream.archive")  # whatever an earlier test configured
     archive = Archive(DictStorage(), "pfx")
     entries = _entries("acc-1", 1, 8)
     lost = entries[:4] + _entries("acc-1", 5, 3) if orphan != "same history" else entries
