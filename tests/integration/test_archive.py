@@ -9,6 +9,7 @@ import contextlib
 import logging
 import random
 import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -20,6 +21,7 @@ import redis
 from moto import mock_aws
 
 from devstack.mongo_standin import MongoStandIn
+from devstack.redis_cluster import LocalCluster
 from devstack.redis_server import free_port
 from projector import maintenance, verification
 from projector.archiving import Archiver, ArchiveWorker
@@ -33,10 +35,11 @@ from shared.event_store import Appended
 from shared.keys import KeySpace
 from shared.redis_store import RedisEventStore
 from tests.support.apigw import body_of, call
+from tests.support.environment import wired
 from tests.support.events import history, new_event
 from tests.support.memory_read_model import InMemoryReadModel
 from tests.support.readmodel import ProjectorProcess, drain, group_drained, process_env, settings
-from tests.support.targets import RedisTarget
+from tests.support.targets import RedisTarget, ids_on_every_master
 from tests.support.waiting import wait_until
 
 EVERY = 5
@@ -498,3 +501,29 @@ def test_the_projector_backs_off_on_history_it_cannot_read_then_catches_up(kit: 
     report = verification.verify(kit.keys, model, wiring.history, stream_accounts(kit.client, kit.keys),
                                  progress=False, deep=wiring.stored)
     assert report.ok, report.differences
+
+
+@pytest.mark.slow
+def test_reads_need_only_their_own_node_with_a_master_down() -> None:
+    """The read script missing from a node's cache is loaded on that node alone: redis-py's cluster client
+    would load it on every master and fail with one of them down (the projector's gap-fill read this way
+    stalled every partition when one master was out of reach)."""
+    cluster = LocalCluster(masters=3, node_timeout_ms=1000).start()
+    keys = KeySpace(f"t{uuid.uuid4().hex[:8]}", 8)
+    try:
+        with wired(cluster.url, keys.prefix, 8, REDIS_CLUSTER="true", REDIS_CLUSTER_NODES=cluster.nodes_setting,
+                   REDIS_TIMEOUT_SECONDS="0.5"):
+            client: Any = runtime.redis_client()
+            store = RedisEventStore(client, keys, 3600)
+            down, *up = ids_on_every_master(client, keys)
+            for account_id in (down, *up):
+                assert store.append(account_id, 0, history(account_id, 3)) == Appended(3)
+            for node in client.get_primaries():
+                client.get_redis_connection(node).script_flush()
+            cluster.kill(cluster.node_at(client.get_node_from_key(keys.stream(down)).name))
+            for account_id in up:
+                assert [e.version for e in store.read(account_id)] == [1, 2, 3]
+            with pytest.raises(StoreUnavailable):
+                store.read(down)
+    finally:
+        cluster.stop()
