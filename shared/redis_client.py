@@ -268,8 +268,6 @@ class ScriptRunner:
         (the exchange is a ``partial``, not a closure: one Python frame less per call)."""
         if self._kept is None:
             _refuse_past_deadline()
-            if keys and is_cluster(self._client):
-                return self._on_cluster(script, keys, args)
             return script(keys=keys, args=args)
         connection = self._kept
         left = self._take_turn()
@@ -278,18 +276,6 @@ class ScriptRunner:
             return connection.retry.call_with_retry(exchange, connection.disconnect_on)
         finally:
             self._lock.release()
-
-    def _on_cluster(self, script: Any, keys: list[str], args: list[Any]) -> Any:
-        """EVALSHA routed by the first key; a script missing from that node's cache is loaded there alone.
-        (redis-py's Script loads it on every master: with one of them down, calls to the others would fail.)
-        NOSCRIPT is answered before the script runs, so calling again is safe."""
-        cluster: Any = self._client
-        try:
-            return cluster.evalsha(script.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            node = cluster.get_redis_connection(cluster.get_node_from_key(keys[0]))
-            node.script_load(script.script)
-            return cluster.evalsha(script.sha, len(keys), *keys, *args)
 
     def _take_turn(self) -> float | None:
         """The kept connection's lock, waiting no longer than the command's deadline (threads of one process

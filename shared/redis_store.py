@@ -120,7 +120,8 @@ class RedisEventStore:
         account_keys = self._keys.account(account_id)
         keys, args = [account_keys.stream, account_keys.snapshot], [f"{after_version + 1}-0", limit or ""]
         try:
-            (archived, head_first), entries = self._run(self._read, keys, args)
+            (archived, head_first), entries = (self._read_on_node(keys, args) if is_cluster(self._redis)
+                                               else self._run(self._read, keys, args))
         except UNAVAILABLE_ERRORS as exc:
             raise StoreUnavailable.unreachable() from exc
         live = decode_entries(entries)
@@ -133,6 +134,22 @@ class RedisEventStore:
                                      "no archive configured")
         older = self._archive.read(account_id, after_version, SegmentName(int(head_first or 0), through), limit)
         return older + (live if limit is None else live[:max(0, limit - len(older))])
+
+    def _read_on_node(self, keys: list[str], args: list[str | int]) -> Any:
+        """The read script on the node that owns the account. redis-py's cluster client loads a script missing
+        from a node's cache on every master, so one master down would fail reads of accounts on the others."""
+        node: Any = self._node(keys[0])
+        for attempt in (1, 2):
+            try:
+                return node.evalsha(self._read.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                if attempt == 2:
+                    raise
+                node.script_load(READ_LUA)  # on this node only
+            except (MovedError, AskError) as exc:  # the slot moved: nothing was read
+                cast(Any, self._redis).nodes_manager.initialize()
+                raise StoreUnavailable("the cluster moved this account's slot; retry the request") from exc
+        raise StoreUnavailable.unreachable()
 
     def version_record(self, account_id: str) -> int:
         """The account's version record: what the next append is checked against (0: no such account)."""

@@ -505,9 +505,9 @@ def test_the_projector_backs_off_on_history_it_cannot_read_then_catches_up(kit: 
 
 @pytest.mark.slow
 def test_reads_need_only_their_own_node_with_a_master_down() -> None:
-    """A script missing from a node's cache is loaded on that node alone (``ScriptRunner``): redis-py's cluster
-    client would load it on every master and fail with one of them down (the projector's gap-fill reads
-    stalled every partition when one master was out of reach; loads and appends would have failed too)."""
+    """The read script missing from a node's cache is loaded on that node alone: redis-py's cluster client
+    would load it on every master and fail with one of them down (the projector's gap-fill read this way
+    stalled every partition when one master was out of reach)."""
     cluster = LocalCluster(masters=3, node_timeout_ms=1000).start()
     keys = KeySpace(f"t{uuid.uuid4().hex[:8]}", 8)
     try:
@@ -523,8 +523,6 @@ def test_reads_need_only_their_own_node_with_a_master_down() -> None:
             cluster.kill(cluster.node_at(client.get_node_from_key(keys.stream(down)).name))
             for account_id in up:
                 assert [e.version for e in store.read(account_id)] == [1, 2, 3]
-                assert store.load(account_id).version == 3
-                assert store.append(account_id, 3, [new_event(account_id)]) == Appended(4)
             with pytest.raises(StoreUnavailable):
                 store.read(down)
     finally:
